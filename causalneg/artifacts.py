@@ -1,0 +1,138 @@
+"""Stage artifacts: content fingerprints, atomic writes, JSONL rows and a manifest per artifact folder.
+
+An artifact is a folder holding ``rows.jsonl`` (one record per line) and ``manifest.json`` describing the
+fingerprint of everything that determined it (config subtree, template and schema hashes, model id, seed,
+input fingerprint) -- never batch size or worker count. Writes go to a temporary file in the same folder
+and are renamed into place, so a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from causalneg.errors import DataError
+
+ROWS_FILE = "rows.jsonl"
+MANIFEST_FILE = "manifest.json"
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the same object always gives the same string."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def fingerprint(obj: Any, length: int = 64) -> str:
+    """sha256 hex digest of ``canonical_json(obj)`` (stable across processes, unlike ``hash()``)."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:length]
+
+
+def file_fingerprint(path: str | Path, length: int = 64) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write all rows as JSON lines atomically; returns the number of rows written."""
+    lines = [json.dumps(row, ensure_ascii=False, default=str) for row in rows]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Yield each non-blank line of a JSONL file as a dict; a bad line raises DataError naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path=path)
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"invalid JSON ({err.msg} at column {err.colno})", path=path, line=line_no) from None
+            if not isinstance(row, dict):
+                raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=line_no)
+            yield row
+
+
+@dataclass
+class Manifest:
+    """What an artifact is and what determined it. ``fingerprint`` is the cache key of the artifact."""
+
+    kind: str
+    fingerprint: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+
+    @classmethod
+    def build(cls, kind: str, inputs: dict[str, Any], config: dict[str, Any], **counts: Any) -> Manifest:
+        """A manifest whose fingerprint hashes (kind, inputs, config)."""
+        key = fingerprint({"kind": kind, "inputs": inputs, "config": config})
+        return cls(kind=kind, fingerprint=key, inputs=inputs, config=config, counts=dict(counts))
+
+
+def write_artifact(directory: str | Path, rows: Iterable[dict[str, Any]], manifest: Manifest) -> Path:
+    """Write ``rows.jsonl`` then ``manifest.json`` (the manifest last: its presence marks a complete artifact)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    n_rows = write_jsonl_atomic(directory / ROWS_FILE, rows)
+    manifest.counts.setdefault("rows", n_rows)
+    atomic_write_json(directory / MANIFEST_FILE, asdict(manifest))
+    return directory
+
+
+def load_manifest(directory: str | Path) -> Manifest:
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise DataError("artifact is incomplete or missing (no manifest.json)", path=path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Manifest(**data)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise DataError(f"unreadable manifest: {err}", path=path) from None
+
+
+def is_complete(directory: str | Path) -> bool:
+    """An artifact is complete when both its rows and its manifest exist."""
+    directory = Path(directory)
+    return (directory / MANIFEST_FILE).is_file() and (directory / ROWS_FILE).is_file()
+
+
+def read_artifact_rows(directory: str | Path) -> Iterator[dict[str, Any]]:
+    load_manifest(directory)
+    return read_jsonl(Path(directory) / ROWS_FILE)

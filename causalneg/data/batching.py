@@ -1,0 +1,138 @@
+"""Samplers, datasets and collation that turn query pools into tokenized training batches.
+
+A batch is a dict of tensors (B queries, K = GroupSpec.total negative slots, L* token lengths):
+    query_input_ids / query_attention_mask          [B, Lq]
+    positive_input_ids / positive_attention_mask    [B, Ld]
+    negative_input_ids / negative_attention_mask    [B*K', Ln]  (only the K' real negatives, row-major)
+    neg_index   [B, K] long: row in the flattened negatives, -1 for an empty slot
+    neg_source  [B, K] long: NegativeSource value (MINED for empty slots; masked anyway)
+    neg_mask    [B, K] bool: True where a real negative sits
+Padding is dynamic (to the longest text in the batch), never to the configured max length.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from causalneg.artifacts import fingerprint
+from causalneg.data.groups import GroupSpec, QueryPool, sample_group
+from causalneg.records import NegativeSource, Passage, TrainingGroup
+
+Tokenize = Callable[[list[str], str], Any]  # (texts, side) -> BatchEncoding with input_ids / attention_mask
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class EpochGroupSampler(Sampler[tuple[int, int]]):
+    """Yields ``(pool index, epoch)``: a seeded permutation per epoch, sharded across ranks.
+
+    Lightning calls ``set_epoch`` before each epoch; the epoch travels with each index so dataset workers need no
+    shared state. Under DDP each rank takes every world_size-th index of the same permutation (the tail is
+    dropped so ranks see equal counts); set ``use_distributed_sampler: false`` in the trainer.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        order = list(range(self.size))
+        if self.shuffle:
+            random.Random(fingerprint(["order", self.seed, self.epoch])).shuffle(order)
+        return order
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rank, world = _dist_rank_world()
+        order = self._order()
+        usable = len(order) - len(order) % world
+        return iter((index, self.epoch) for index in order[rank:usable:world])
+
+    def __len__(self) -> int:
+        _, world = _dist_rank_world()
+        return self.size // world
+
+
+class GroupDataset(Dataset[TrainingGroup]):
+    """Maps ``(pool index, epoch)`` to a freshly sampled TrainingGroup."""
+
+    def __init__(
+        self, pools: Sequence[QueryPool], spec: GroupSpec, seed: int, random_pool: Sequence[Passage] = ()
+    ) -> None:
+        self.pools, self.spec, self.seed, self.random_pool = list(pools), spec, seed, list(random_pool)
+
+    def __len__(self) -> int:
+        return len(self.pools)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> TrainingGroup:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        return sample_group(self.pools[index], self.spec, self.seed, epoch, self.random_pool)
+
+
+class GroupCollator:
+    """Tokenizes a list of TrainingGroups into the batch layout documented in this module."""
+
+    def __init__(self, tokenize: Tokenize, slots: int) -> None:
+        self.tokenize, self.slots = tokenize, slots
+
+    def __call__(self, groups: list[TrainingGroup]) -> dict[str, torch.Tensor]:
+        queries = self.tokenize([g.query.text for g in groups], "query")
+        positives = self.tokenize([g.positive.full_text for g in groups], "doc")
+        neg_index = torch.full((len(groups), self.slots), -1, dtype=torch.long)
+        neg_source = torch.full((len(groups), self.slots), int(NegativeSource.MINED), dtype=torch.long)
+        texts: list[str] = []
+        for i, group in enumerate(groups):
+            for j, negative in enumerate(group.negatives[: self.slots]):
+                neg_index[i, j] = len(texts)
+                neg_source[i, j] = int(negative.source)
+                texts.append(negative.text)
+        batch = {
+            "query_input_ids": queries["input_ids"],
+            "query_attention_mask": queries["attention_mask"],
+            "positive_input_ids": positives["input_ids"],
+            "positive_attention_mask": positives["attention_mask"],
+            "neg_index": neg_index,
+            "neg_source": neg_source,
+            "neg_mask": neg_index >= 0,
+        }
+        if texts:
+            negatives = self.tokenize(texts, "doc")
+            batch["negative_input_ids"] = negatives["input_ids"]
+            batch["negative_attention_mask"] = negatives["attention_mask"]
+        return batch
+
+
+class QueryTextDataset(Dataset[tuple[str, str]]):
+    """(query id, query text) pairs for validation: the LightningModule ranks a fixed dev sub-corpus."""
+
+    def __init__(self, items: Sequence[tuple[str, str]]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[str, str]:
+        return self.items[index]
+
+
+class QueryCollator:
+    def __init__(self, tokenize: Tokenize) -> None:
+        self.tokenize = tokenize
+
+    def __call__(self, items: list[tuple[str, str]]) -> dict[str, Any]:
+        encoded = self.tokenize([text for _, text in items], "query")
+        return {
+            "query_ids": [qid for qid, _ in items],
+            "query_input_ids": encoded["input_ids"],
+            "query_attention_mask": encoded["attention_mask"],
+        }

@@ -1,0 +1,175 @@
+"""LightningDataModule: artifacts in ``prepare_data`` (mining in-process, generation in a child process),
+pools and loaders in ``setup`` (which only reads files)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from causalneg.artifacts import fingerprint
+from causalneg.data.batching import (
+    EpochGroupSampler,
+    GroupCollator,
+    GroupDataset,
+    QueryCollator,
+    QueryTextDataset,
+    Tokenize,
+)
+from causalneg.data.groups import GroupSpec, QueryPool, build_pools
+from causalneg.data.selection import select_query_ids
+from causalneg.errors import ConfigError
+from causalneg.records import Negative, Passage, RetrievalDataset
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Batching and split choices (the ``data`` config group)."""
+
+    spec: GroupSpec
+    seed: int = 0
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    train_split: str = "train"
+    dev_split: str | None = None
+    max_train_queries: int | None = None
+    selection_seed: int = 0
+    diagnostics_groups: int = 32
+    max_dev_queries: int | None = 200
+    dev_subcorpus_random: int = 2000
+
+
+@dataclass(frozen=True)
+class ArtifactSources:
+    """Where negatives come from. ``mined(split)`` returns a complete mined artifact folder (mining if needed);
+    ``ensure_generated()`` returns a complete generated artifact folder (generating in a child process if
+    allowed); ``load_*`` read them."""
+
+    mined: Callable[[str], Path] | None = None
+    load_mined: Callable[[Path], dict[str, list[tuple[str, float]]]] | None = None
+    ensure_generated: Callable[[], Path] | None = None
+    load_generated: Callable[[Path], dict[str, list[Negative]]] | None = None
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    def __init__(
+        self, dataset: RetrievalDataset, tokenize: Tokenize, settings: DataSettings, sources: ArtifactSources
+    ) -> None:
+        super().__init__()
+        self.dataset, self.tokenize, self.settings, self.sources = dataset, tokenize, settings, sources
+        self.train_pools: list[QueryPool] = []
+        self.diagnostic_pools: list[QueryPool] = []
+        self.dev_items: list[tuple[str, str]] = []
+        self.dev_corpus_ids: list[str] = []
+        self._dirs: dict[str, Path] = {}
+
+    # -- artifacts -------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Make sure every artifact exists (rank 0 only under DDP). Never stores state on ``self``."""
+        s, sources = self.settings, self.sources
+        if s.spec.num_mined and sources.mined is None:
+            raise ConfigError("data.num_mined > 0 but no mining is configured (mining=bm25|dense)")
+        if sources.mined is not None:
+            sources.mined(s.train_split)
+            if s.dev_split:
+                sources.mined(s.dev_split)
+        if s.spec.num_generated:
+            if sources.ensure_generated is None:
+                raise ConfigError("data.num_generated > 0 but no generation artifact is configured")
+            sources.ensure_generated()
+
+    def _resolve(self) -> None:
+        # prepare_data ran (possibly on another rank); the providers now only locate complete folders.
+        if self.sources.mined is not None:
+            self._dirs["mined_train"] = self.sources.mined(self.settings.train_split)
+            if self.settings.dev_split:
+                self._dirs["mined_dev"] = self.sources.mined(self.settings.dev_split)
+        if self.settings.spec.num_generated and self.sources.ensure_generated is not None:
+            self._dirs["generated"] = self.sources.ensure_generated()
+
+    # -- setup -----------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_pools:
+            return
+        self._resolve()
+        s, ds = self.settings, self.dataset
+        mined = self._load_mined("mined_train")
+        generated = None
+        if "generated" in self._dirs and self.sources.load_generated is not None:
+            generated = self.sources.load_generated(self._dirs["generated"])
+        query_ids = select_query_ids(ds.split(s.train_split), s.max_train_queries, s.selection_seed)
+        pools = build_pools(ds, s.train_split, query_ids, mined, generated)
+        if not pools:
+            raise ConfigError(f"no training queries with positives in split '{s.train_split}' of '{ds.name}'")
+        self.train_pools, self.diagnostic_pools = self._hold_out(pools)
+        if s.dev_split:
+            self._setup_dev()
+
+    def _load_mined(self, key: str) -> dict[str, list[tuple[str, float]]] | None:
+        if key not in self._dirs or self.sources.load_mined is None:
+            return None
+        return self.sources.load_mined(self._dirs[key])
+
+    def _hold_out(self, pools: list[QueryPool]) -> tuple[list[QueryPool], list[QueryPool]]:
+        """Hold out a seeded set of groups for the shortcut diagnostics, preferring ones with generated text."""
+        n = min(self.settings.diagnostics_groups, len(pools) // 5)
+        if n <= 0:
+            return pools, []
+        rng = random.Random(fingerprint(["diagnostics", self.settings.selection_seed]))
+        with_generated = [i for i, p in enumerate(pools) if p.generated]
+        candidates = with_generated if len(with_generated) >= n else list(range(len(pools)))
+        held = set(rng.sample(candidates, n))
+        return [p for i, p in enumerate(pools) if i not in held], [pools[i] for i in sorted(held)]
+
+    def _setup_dev(self) -> None:
+        """Dev queries and a fixed sub-corpus: their positives + their mined negatives + a seeded random sample."""
+        s, ds = self.settings, self.dataset
+        assert s.dev_split is not None
+        dev = ds.split(s.dev_split)
+        qids = select_query_ids(dev, s.max_dev_queries, s.selection_seed)
+        self.dev_items = [(qid, dev.queries[qid].text) for qid in qids]
+        ids = {pid for qid in qids for pid in dev.qrels.get(qid, {}) if pid in ds.corpus}
+        for qid, cands in (self._load_mined("mined_dev") or {}).items():
+            if qid in set(qids):
+                ids.update(pid for pid, _ in cands)
+        rng = random.Random(fingerprint(["dev-corpus", s.selection_seed]))
+        corpus_ids = sorted(ds.corpus)
+        ids.update(rng.sample(corpus_ids, min(s.dev_subcorpus_random, len(corpus_ids))))
+        self.dev_corpus_ids = sorted(ids)
+
+    # -- loaders ---------------------------------------------------------------------------------------------
+    def _random_pool(self) -> Sequence[Passage]:
+        return list(self.dataset.corpus.values()) if self.settings.spec.num_random else ()
+
+    def _group_loader(self, pools: list[QueryPool], shuffle: bool, batch_size: int) -> DataLoader:
+        s = self.settings
+        return DataLoader(
+            GroupDataset(pools, s.spec, s.seed, self._random_pool()),
+            batch_size=batch_size,
+            sampler=EpochGroupSampler(len(pools), s.seed, shuffle=shuffle),
+            collate_fn=GroupCollator(self.tokenize, s.spec.total),
+            num_workers=s.num_workers,
+            drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._group_loader(self.train_pools, shuffle=True, batch_size=self.settings.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            QueryTextDataset(self.dev_items),
+            batch_size=self.settings.eval_batch_size,
+            collate_fn=QueryCollator(self.tokenize),
+            num_workers=0,
+        )
+
+    def diagnostics_dataloader(self) -> DataLoader | None:
+        """Held-out groups at a fixed epoch (0), for the shortcut diagnostics callback."""
+        if not self.diagnostic_pools:
+            return None
+        return self._group_loader(self.diagnostic_pools, shuffle=False, batch_size=self.settings.eval_batch_size)

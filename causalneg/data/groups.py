@@ -1,0 +1,110 @@
+"""Training groups: a query, one positive and negatives drawn per source, sampled deterministically.
+
+Every draw is a function of (seed, query id, epoch) through a private ``random.Random`` seeded with a stable
+hash, so the same config gives the same groups in any process, worker or rank, and nothing touches global
+RNG state.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from causalneg.artifacts import fingerprint
+from causalneg.errors import ConfigError
+from causalneg.records import Negative, NegativeSource, Passage, Query, RetrievalDataset, TrainingGroup
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """How many negatives of each source a group holds. Missing ones become masked slots, not substitutes."""
+
+    num_mined: int = 7
+    num_generated: int = 0
+    num_random: int = 0
+    generated_source: NegativeSource = NegativeSource.GENERATED
+
+    def __post_init__(self) -> None:
+        if min(self.num_mined, self.num_generated, self.num_random) < 0:
+            raise ConfigError(f"negative counts must be >= 0, got {self}")
+        if self.total == 0:
+            raise ConfigError("a training group needs at least one negative (data.num_mined/num_generated/num_random)")
+
+    @property
+    def total(self) -> int:
+        return self.num_mined + self.num_generated + self.num_random
+
+
+@dataclass(frozen=True)
+class QueryPool:
+    """Everything a query's groups are drawn from: its positives and its candidate negatives per source."""
+
+    query: Query
+    positives: tuple[Passage, ...]
+    mined: tuple[Negative, ...] = ()
+    generated: tuple[Negative, ...] = ()
+
+
+def build_pools(
+    dataset: RetrievalDataset,
+    split: str,
+    query_ids: Sequence[str],
+    mined: Mapping[str, Sequence[tuple[str, float]]] | None = None,
+    generated: Mapping[str, Sequence[Negative]] | None = None,
+) -> list[QueryPool]:
+    """One pool per query id: positives from the qrels, mined candidates resolved to corpus text."""
+    judged = dataset.split(split)
+    pools = []
+    for qid in query_ids:
+        positives = tuple(dataset.corpus[pid] for pid in judged.positives(qid) if pid in dataset.corpus)
+        if not positives:
+            continue
+        pos_ids = {p.id for p in positives}
+        mined_negs = tuple(
+            Negative(
+                text=dataset.corpus[pid].full_text,
+                source=NegativeSource.MINED,
+                passage_id=pid,
+                score=score,
+            )
+            for pid, score in (mined or {}).get(qid, ())
+            if pid in dataset.corpus and pid not in pos_ids
+        )
+        pools.append(
+            QueryPool(
+                query=judged.queries[qid],
+                positives=positives,
+                mined=mined_negs,
+                generated=tuple((generated or {}).get(qid, ())),
+            )
+        )
+    return pools
+
+
+def _draw(rng: random.Random, items: Sequence[Negative], k: int) -> list[Negative]:
+    return rng.sample(list(items), min(k, len(items)))
+
+
+def sample_group(
+    pool: QueryPool,
+    spec: GroupSpec,
+    seed: int,
+    epoch: int,
+    random_pool: Sequence[Passage] = (),
+) -> TrainingGroup:
+    """Draw one group for ``pool`` at ``epoch``: a positive, then up to Nm mined, Ng generated, Nr random."""
+    rng = random.Random(fingerprint(["group", seed, pool.query.id, epoch]))
+    positive = pool.positives[rng.randrange(len(pool.positives))]
+    negatives = _draw(rng, pool.mined, spec.num_mined)
+    generated = [n for n in pool.generated if n.source == spec.generated_source]
+    negatives += _draw(rng, generated, spec.num_generated)
+    if spec.num_random:
+        excluded = {p.id for p in pool.positives}
+        candidates = rng.sample(list(random_pool), min(len(random_pool), spec.num_random + len(excluded)))
+        negatives += [
+            Negative(text=p.full_text, source=NegativeSource.RANDOM, passage_id=p.id)
+            for p in candidates
+            if p.id not in excluded
+        ][: spec.num_random]
+    return TrainingGroup(query=pool.query, positive=positive, negatives=tuple(negatives))

@@ -1,0 +1,143 @@
+"""False-negative filters for mined candidates (pure functions, no I/O).
+
+A retriever returns, per query, a ranked list of ``(passage_id, score)`` and the score of each judged positive
+under the same retriever. :func:`filter_candidates` applies, in this order, and counts each dropped candidate
+under the first rule that drops it:
+
+1. ``positive``: judged positives are removed. Ranks are then assigned 1, 2, ... to the remaining candidates
+   in retriever order (so a rank does not depend on how many positives a query has);
+2. ``below_rank_min`` / ``above_rank_max``: keep ranks in ``[rank_min, rank_max]`` (``rank_max=None``: no
+   upper bound beyond the retrieval depth);
+3. ``absolute_margin`` (m): drop ``s > s_pos - m``;
+4. ``relative_margin`` (p, NV-Retriever's TopK-PercPos, Moreira et al. 2024, p = 0.95): drop ``s > p * s_pos``.
+   The rule assumes ``s_pos > 0``; when ``s_pos <= 0`` the threshold falls back to ``s_pos`` (drop anything
+   scoring above the positive) instead of silently admitting candidates above it;
+5. ``max_per_query``: keep the first N survivors.
+
+``s_pos`` is the *minimum* positive score by default (``positive_score="min"``): the negatives of a query are
+shared by all its positives, and NV-Retriever's rule is defined per (query, positive) pair, so a candidate must
+pass it for every positive. ``"max"`` applies it to the best positive only (keeps more candidates on
+multi-positive sets such as HotpotQA, where the second supporting paragraph often scores low).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+SKIP_REASONS = ("positive", "below_rank_min", "above_rank_max", "absolute_margin", "relative_margin", "max_per_query")
+
+
+@dataclass(frozen=True)
+class RankedCandidates:
+    """One query's retrieval result: ``candidates`` best first (positives may be among them) and the score of
+    every judged positive under the same retriever (whether or not it was retrieved)."""
+
+    query_id: str
+    positive_ids: tuple[str, ...]
+    candidates: tuple[tuple[str, float], ...]
+    positive_scores: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A kept negative: passage id, retriever score and 1-based rank among the non-positive candidates."""
+
+    id: str
+    score: float
+    rank: int
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    rank_min: int = 1
+    rank_max: int | None = None
+    absolute_margin: float | None = None
+    relative_margin: float | None = None
+    positive_score: Literal["min", "max"] = "min"
+    max_per_query: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rank_min < 1:
+            raise ValueError(f"rank_min is 1-based and must be >= 1, got {self.rank_min}")
+        if self.rank_max is not None and self.rank_max < self.rank_min:
+            raise ValueError(f"rank_max ({self.rank_max}) must be >= rank_min ({self.rank_min})")
+        if self.relative_margin is not None and not 0 < self.relative_margin <= 1:
+            raise ValueError(f"relative_margin must be in (0, 1], got {self.relative_margin}")
+        if self.absolute_margin is not None and self.absolute_margin < 0:
+            raise ValueError(f"absolute_margin must be >= 0, got {self.absolute_margin}")
+        if self.positive_score not in ("min", "max"):
+            raise ValueError(f"positive_score must be 'min' or 'max', got {self.positive_score!r}")
+        if self.max_per_query is not None and self.max_per_query < 1:
+            raise ValueError(f"max_per_query must be >= 1 or None, got {self.max_per_query}")
+
+    @property
+    def needs_positive_score(self) -> bool:
+        return self.absolute_margin is not None or self.relative_margin is not None
+
+
+def margin_limits(positive_score: float, config: FilterConfig) -> tuple[float, float]:
+    """The highest score a candidate may have under each margin rule: ``(s_pos - m, p * s_pos)``, ``+inf`` for
+    a disabled rule, and ``p * s_pos`` replaced by ``s_pos`` when ``s_pos <= 0``."""
+    abs_limit = positive_score - config.absolute_margin if config.absolute_margin is not None else math.inf
+    rel_limit = math.inf
+    if config.relative_margin is not None:
+        rel_limit = config.relative_margin * positive_score if positive_score > 0 else positive_score
+    return abs_limit, rel_limit
+
+
+def _reference_score(ranked: RankedCandidates, config: FilterConfig) -> float:
+    scores = [ranked.positive_scores[p] for p in ranked.positive_ids if p in ranked.positive_scores]
+    if not scores:
+        raise ValueError(f"query {ranked.query_id!r}: margins need the positives' scores, none was given")
+    return min(scores) if config.positive_score == "min" else max(scores)
+
+
+def filter_candidates(ranked: RankedCandidates, config: FilterConfig) -> tuple[list[Candidate], Counter[str]]:
+    """Apply the rules above to one query. Returns the kept candidates (best first) and a count per rule."""
+    skipped: Counter[str] = Counter()
+    positives = set(ranked.positive_ids)
+    abs_limit, rel_limit = math.inf, math.inf
+    if config.needs_positive_score:
+        abs_limit, rel_limit = margin_limits(_reference_score(ranked, config), config)
+    kept: list[Candidate] = []
+    rank = 0
+    for pid, score in ranked.candidates:
+        if pid in positives:
+            skipped["positive"] += 1
+            continue
+        rank += 1
+        if rank < config.rank_min:
+            skipped["below_rank_min"] += 1
+        elif config.rank_max is not None and rank > config.rank_max:
+            skipped["above_rank_max"] += 1
+        elif score > abs_limit:
+            skipped["absolute_margin"] += 1
+        elif score > rel_limit:
+            skipped["relative_margin"] += 1
+        elif config.max_per_query is not None and len(kept) >= config.max_per_query:
+            skipped["max_per_query"] += 1
+        else:
+            kept.append(Candidate(id=pid, score=float(score), rank=rank))
+    return kept, skipped
+
+
+def filter_all(
+    ranked_lists: Iterable[RankedCandidates], config: FilterConfig
+) -> tuple[dict[str, list[Candidate]], dict[str, int]]:
+    """Filter every query. Counts: ``considered`` (candidates seen), one key per rule in ``SKIP_REASONS``,
+    ``kept``, ``queries`` and ``queries_without_candidates``."""
+    kept_by_query: dict[str, list[Candidate]] = {}
+    totals: Counter[str] = Counter({reason: 0 for reason in SKIP_REASONS})
+    for ranked in ranked_lists:
+        kept, skipped = filter_candidates(ranked, config)
+        kept_by_query[ranked.query_id] = kept
+        totals.update(skipped)
+        totals["considered"] += len(ranked.candidates)
+        totals["kept"] += len(kept)
+        totals["queries_without_candidates"] += int(not kept)
+    totals["queries"] = len(kept_by_query)
+    return kept_by_query, dict(totals)

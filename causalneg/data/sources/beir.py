@@ -1,0 +1,146 @@
+"""Any BEIR-layout folder: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``; optionally
+``hard_negatives/<split>.tsv`` (query-id, corpus-id) and an answers file (``query_meta.jsonl`` with ``answer``
+or ``answers.jsonl`` with ``answers``, as in ``../shared/data``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from causalneg.artifacts import file_fingerprint, fingerprint
+from causalneg.data.readers import (
+    read_answers_jsonl,
+    read_corpus_jsonl,
+    read_pairs_tsv,
+    read_qrels_tsv,
+    read_queries_jsonl,
+)
+from causalneg.data.sources import build_split, carve_dev, limit_corpus
+from causalneg.errors import ConfigError, DataError
+from causalneg.records import Passage, Query, RetrievalDataset, RetrievalSplit
+
+log = logging.getLogger(__name__)
+
+
+def _read_split(
+    root: Path, split: str, queries: dict[str, Query], corpus: dict[str, Passage], files: list[Path]
+) -> RetrievalSplit:
+    path = root / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        have = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
+        raise DataError(f"file not found: expected the qrels of split '{split}' here (available: {have})", path=path)
+    files.append(path)
+    split_data = build_split(queries, read_qrels_tsv(path, known_queries=queries, known_docs=corpus))
+    if not any(split_data.positives(qid) for qid in split_data.queries):
+        raise DataError(f"split '{split}' has no positive judgment (every score is <= 0)", path=path)
+    return split_data
+
+
+def _read_hard_negatives(
+    root: Path, split: str, split_data: RetrievalSplit, corpus: dict[str, Passage], files: list[Path]
+) -> dict[str, list[str]] | None:
+    path = root / "hard_negatives" / f"{split}.tsv"
+    if not path.is_file():
+        return None
+    files.append(path)
+    return read_pairs_tsv(path, known_queries=split_data.queries, known_docs=corpus)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """A file's name relative to the dataset folder, so the fingerprint does not depend on where it lives."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+
+
+def load_beir(
+    path: str | Path,
+    name: str | None = None,
+    train_split: str | None = "train",
+    dev_split: str | None = None,
+    test_split: str | None = "test",
+    dev_from_train: int = 0,
+    seed: int = 0,
+    query_meta: str | None = None,
+    max_corpus: int | None = None,
+) -> RetrievalDataset:
+    """Load a BEIR folder into a :class:`RetrievalDataset`.
+
+    Args:
+        path: the folder. ``name`` defaults to its basename.
+        train_split / dev_split / test_split: qrels file stems to load (``None`` = not loaded). Each split holds
+            the queries judged in its qrels file; a requested split that is missing or has no positive fails.
+        dev_from_train: if > 0, carve a seeded dev split of that many queries out of train, named ``dev_split``
+            (which must be set and must not exist as a file; :func:`causalneg.data.sources.carve_dev`).
+        seed: seed of that carve.
+        query_meta: answers file relative to ``path`` (``query_meta.jsonl`` / ``answers.jsonl``) ->
+            ``dataset.answers[qid]``; ``None`` = no answers.
+        max_corpus: keep at most this many passages (all judged and hard-negative passages are kept, then
+            the rest in file order): for quick runs.
+
+    ``dataset.fingerprint`` hashes the bytes of every file read and these options.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError("dataset folder not found (expected corpus.jsonl, queries.jsonl, qrels/)", path=root)
+    if dev_from_train and (dev_split is None or train_split is None):
+        raise ConfigError("dev_from_train > 0 needs train_split and dev_split (the name of the carved split)")
+    files = [root / "corpus.jsonl", root / "queries.jsonl"]
+    corpus = read_corpus_jsonl(files[0])
+    queries = read_queries_jsonl(files[1])
+
+    splits: dict[str, RetrievalSplit] = {}
+    hard_negatives: dict[str, dict[str, list[str]]] = {}
+    file_splits = [s for s in (train_split, test_split) if s is not None]
+    if dev_split is not None and not dev_from_train:
+        file_splits.append(dev_split)
+    for split in dict.fromkeys(file_splits):
+        splits[split] = _read_split(root, split, queries, corpus, files)
+        negatives = _read_hard_negatives(root, split, splits[split], corpus, files)
+        if negatives is not None:
+            hard_negatives[split] = negatives
+
+    if dev_from_train and train_split is not None and dev_split is not None:
+        if (root / "qrels" / f"{dev_split}.tsv").is_file():
+            raise ConfigError(
+                f"dev_from_train={dev_from_train} but {root / 'qrels' / f'{dev_split}.tsv'} exists: set "
+                "dev_from_train=0 to use that file, or name the carved split differently (dev_split)"
+            )
+        splits[train_split], splits[dev_split] = carve_dev(splits[train_split], dev_from_train, seed)
+        train_negatives = hard_negatives.get(train_split, {})
+        moved = {q: train_negatives.pop(q) for q in list(train_negatives) if q in splits[dev_split].queries}
+        if moved:
+            hard_negatives[dev_split] = moved
+
+    answers: dict[str, list[str]] = {}
+    if query_meta is not None:
+        files.append(root / query_meta)
+        answers = read_answers_jsonl(root / query_meta, known_queries=queries)
+
+    required = {pid for s in splits.values() for judged in s.qrels.values() for pid in judged}
+    required |= {pid for per_split in hard_negatives.values() for pids in per_split.values() for pid in pids}
+    corpus = limit_corpus(corpus, max_corpus, required)
+
+    options = {
+        "loader": "beir",
+        "splits": {"train": train_split, "dev": dev_split, "test": test_split},
+        "dev_from_train": dev_from_train,
+        "seed": seed,
+        "query_meta": query_meta,
+        "max_corpus": max_corpus,
+    }
+    dataset = RetrievalDataset(
+        name=name or root.resolve().name,
+        corpus=corpus,
+        splits=splits,
+        hard_negatives=hard_negatives,
+        answers=answers,
+    )
+    dataset.fingerprint = fingerprint(
+        {"files": {_relative(p, root): file_fingerprint(p) for p in files}, "options": options}
+    )
+    log.info(
+        "loaded %s: %d passages, splits %s",
+        dataset.name,
+        len(corpus),
+        {k: len(v.queries) for k, v in splits.items()},
+    )
+    return dataset

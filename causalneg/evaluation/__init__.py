@@ -1,0 +1,1 @@
+"""Evaluation: fast corpus encoding with an embedding cache, exact search, trec_eval-compatible metrics."""

@@ -1,0 +1,1 @@
+"""LLM negative synthesis: CoT decomposition, counterfactual perturbation, the naive baseline, filters."""

@@ -1,0 +1,170 @@
+"""Pydantic schemas of the two structured LLM calls (DESIGN §1a) and of the naive baseline.
+
+Every string and list is bounded: a weak model constrained to the schema then always closes its JSON, and the
+size of the constraint automaton stays small. The automaton (outlines_core's index) unrolls every bounded string
+of every list item, so its cost grows with ``sum(max_length)`` over the unrolled schema; the bounds below keep the
+decomposition index at a size measured in ``prepare`` docs (see the transformers backend). Identifiers use tiny
+patterns (``N1``..``N8``, ``S1``..``S3``) so the model cannot invent free-form ids that no check could resolve.
+
+Semantic rules that a JSON schema cannot express are Pydantic validators, checked after decoding:
+critical nodes carry 2-3 break strategies, node ids are unique, strategy ids are unique within a node, and at
+least one node is critical. Whether a perturbed negative refers to an existing (node, strategy) pair depends on
+the decomposition it was written for, so it is a per-negative check (:func:`reference_error`) that the filters
+record as a rejection.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from causalneg.artifacts import fingerprint
+
+FacetType = Literal[
+    "information_need", "entity", "attribute", "constraint", "relation", "reasoning", "style", "other"
+]
+StrategyType = Literal[
+    "entity_shift",
+    "intent_drift",
+    "constraint_violation",
+    "attribute_shift",
+    "relation_break",
+    "upstream_downstream",
+    "other",
+]
+NegativeOrigin = Literal["rewritten_candidate", "generated_from_scratch"]
+
+MIN_NODES, MAX_NODES = 4, 8
+MAX_STRATEGIES = 3
+CRITICAL_STRATEGIES = (2, 3)
+# Character bounds (not tokens). Short analysis fields, passage-sized negatives (HotpotQA/NQ paragraphs are
+# mostly 200-600 characters, MS MARCO passages about 350).
+SHORT_TEXT = 160
+NEGATIVE_TEXT = 600
+
+NodeId = Annotated[str, Field(pattern=r"^N[1-8]$", description="N1, N2, ... in order")]
+StrategyId = Annotated[str, Field(pattern=r"^S[1-3]$", description="S1, S2, S3 within its node")]
+ShortText = Annotated[str, Field(min_length=1, max_length=SHORT_TEXT)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QueryInfo(_Strict):
+    core_need: ShortText
+    how_positive_answers: ShortText
+    answer_boundary: ShortText
+
+
+class BreakStrategy(_Strict):
+    id: StrategyId
+    type: StrategyType
+    direction: ShortText
+    why_not_answer: ShortText
+
+
+class ChainNode(_Strict):
+    node_id: NodeId
+    facet_type: FacetType
+    content: ShortText
+    critical: bool
+    break_strategies: list[BreakStrategy] = Field(min_length=0, max_length=MAX_STRATEGIES)
+
+
+class Decomposition(_Strict):
+    """Stage 1: why the positive answers the query, as 4-8 falsifiable requirements."""
+
+    query_info: QueryInfo
+    chain_nodes: list[ChainNode] = Field(min_length=MIN_NODES, max_length=MAX_NODES)
+
+    @model_validator(mode="after")
+    def _semantics(self) -> Decomposition:
+        ids = [node.node_id for node in self.chain_nodes]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"node ids are not unique: {ids}")
+        lo, hi = CRITICAL_STRATEGIES
+        for node in self.chain_nodes:
+            sids = [s.id for s in node.break_strategies]
+            if len(set(sids)) != len(sids):
+                raise ValueError(f"strategy ids of node {node.node_id} are not unique: {sids}")
+            if node.critical and not lo <= len(sids) <= hi:
+                raise ValueError(f"critical node {node.node_id} has {len(sids)} break strategies, needs {lo}-{hi}")
+        if not any(node.critical for node in self.chain_nodes):
+            raise ValueError("no node is critical: nothing to break")
+        return self
+
+    def strategy(self, node_id: str, strategy_id: str) -> BreakStrategy | None:
+        """The break strategy ``strategy_id`` of node ``node_id``, or None if there is none."""
+        for node in self.chain_nodes:
+            if node.node_id == node_id:
+                return next((s for s in node.break_strategies if s.id == strategy_id), None)
+        return None
+
+
+class PerturbedNegative(_Strict):
+    node_id: NodeId
+    strategy_id: StrategyId
+    strategy_type: StrategyType
+    source: NegativeOrigin
+    text: Annotated[str, Field(min_length=1, max_length=NEGATIVE_TEXT)]
+    break_explanation: ShortText
+
+
+class PerturbationOutput(_Strict):
+    """Stage 2: at most N negatives, each breaking exactly one requirement. See :func:`perturbation_schema`."""
+
+    negatives: list[PerturbedNegative] = Field(min_length=1)
+
+
+class NaiveNegative(_Strict):
+    text: Annotated[str, Field(min_length=1, max_length=NEGATIVE_TEXT)]
+
+
+class NaiveOutput(_Strict):
+    """The naive baseline: N negatives with no analysis. See :func:`naive_schema`."""
+
+    negatives: list[NaiveNegative] = Field(min_length=1)
+
+
+@lru_cache(maxsize=None)
+def perturbation_schema(max_negatives: int) -> type[PerturbationOutput]:
+    """``PerturbationOutput`` with ``negatives`` bounded to 1..max_negatives (one class per N, cached)."""
+    return _bounded(PerturbationOutput, PerturbedNegative, max_negatives)
+
+
+@lru_cache(maxsize=None)
+def naive_schema(max_negatives: int) -> type[NaiveOutput]:
+    """``NaiveOutput`` with ``negatives`` bounded to 1..max_negatives (one class per N, cached)."""
+    return _bounded(NaiveOutput, NaiveNegative, max_negatives)
+
+
+def _bounded(base: type, item: type[BaseModel], max_items: int) -> type:
+    if max_items < 1:
+        raise ValueError(f"max_negatives must be >= 1, got {max_items}")
+    field = (list[item], Field(min_length=1, max_length=max_items))  # type: ignore[valid-type]
+    model: type = create_model(f"{base.__name__}{max_items}", __base__=base, negatives=field)
+    return model
+
+
+def reference_error(negative: PerturbedNegative, decomposition: Decomposition) -> str | None:
+    """Why a perturbed negative does not point at a break strategy of its decomposition (None when it does)."""
+    strategy = decomposition.strategy(negative.node_id, negative.strategy_id)
+    if strategy is None:
+        return f"no strategy {negative.strategy_id} on node {negative.node_id}"
+    if strategy.type != negative.strategy_type:
+        return f"strategy_type {negative.strategy_type} != {strategy.type} of {negative.node_id}/{negative.strategy_id}"
+    return None
+
+
+def json_schema(model: type[BaseModel]) -> dict[str, object]:
+    """The JSON schema handed to the constrained decoder."""
+    return model.model_json_schema()
+
+
+def schema_hash(model: type[BaseModel]) -> str:
+    """Stable hash of a schema (part of every request's cache key): changes when any bound or field changes."""
+    return fingerprint(json.loads(json.dumps(json_schema(model), sort_keys=True)))[:16]

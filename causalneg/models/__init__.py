@@ -1,0 +1,1 @@
+"""Encoders: pretrained-asset preparation, the dual encoder (backbone + pooling + normalisation), export."""

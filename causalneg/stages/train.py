@@ -1,0 +1,146 @@
+"""stage=train: evaluate the starting encoder, fine-tune it on training groups, evaluate and export it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig
+
+from causalneg.data.datamodule import DataSettings, RetrievalDataModule
+from causalneg.data.groups import GroupSpec
+from causalneg.evaluation.embedding_cache import EmbeddingCache
+from causalneg.evaluation.retrieval import evaluate_retrieval
+from causalneg.losses import build_objective
+from causalneg.models.encoder import DualEncoder
+from causalneg.models.export import export_sentence_transformers
+from causalneg.records import NegativeSource, RetrievalDataset
+from causalneg.stages.common import apply_runtime, artifact_sources, build_encoder, load_dataset
+from causalneg.tracking.runs import build_mlflow_logger, log_json, log_metrics, terminal_status
+from causalneg.training.system import RetrieverSystem
+
+REPORTED = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
+
+
+def data_settings(cfg: DictConfig) -> DataSettings:
+    d = cfg.data
+    source = NegativeSource.parse(str(cfg.generation.get("source", "generated"))) if cfg.get("generation") else None
+    spec = GroupSpec(
+        num_mined=int(d.num_mined),
+        num_generated=int(d.num_generated),
+        num_random=int(d.num_random),
+        generated_source=source or NegativeSource.GENERATED,
+    )
+    return DataSettings(
+        spec=spec,
+        seed=int(cfg.seed),
+        batch_size=int(d.batch_size),
+        eval_batch_size=int(cfg.eval.batch_size),
+        num_workers=int(d.num_workers),
+        train_split=str(cfg.dataset.train_split),
+        dev_split=cfg.dataset.get("dev_split"),
+        max_train_queries=d.get("max_train_queries"),
+        selection_seed=int(d.selection_seed),
+        diagnostics_groups=int(d.diagnostics_groups),
+        max_dev_queries=d.get("max_dev_queries"),
+        dev_subcorpus_random=int(cfg.eval.dev_subcorpus_random),
+    )
+
+
+def evaluate_test(
+    encoder: DualEncoder, dataset: RetrievalDataset, cfg: DictConfig, cache: EmbeddingCache | None
+) -> Any:
+    return evaluate_retrieval(
+        encoder,
+        dataset,
+        str(cfg.dataset.test_split),
+        k=int(cfg.eval.k),
+        batch_size=int(cfg.eval.batch_size),
+        precision=str(cfg.eval.precision),
+        cache=cache,
+    )
+
+
+def build_callbacks(cfg: DictConfig, output_dir: Path, has_dev: bool) -> list[Callback]:
+    callbacks: list[Callback] = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(
+        ModelCheckpoint(
+            dirpath=output_dir / "checkpoints",
+            monitor="val/ndcg@10" if has_dev else None,
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+            filename="best",
+        )
+    )
+    diag = cfg.get("diagnostics")
+    if diag is not None and diag.get("enabled", False) and has_dev:
+        callbacks.append(instantiate(diag.callback))
+    return callbacks
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    apply_runtime(cfg)
+    L.seed_everything(int(cfg.seed), workers=True)
+    output_dir = Path(str(cfg.paths.output_dir))
+    logger = build_mlflow_logger(cfg)
+    with terminal_status(logger):
+        dataset = load_dataset(cfg)
+        encoder = build_encoder(cfg)
+        cache = EmbeddingCache(Path(str(cfg.paths.cache_dir)) / "embeddings") if cfg.eval.cache else None
+        settings = data_settings(cfg)
+        datamodule = RetrievalDataModule(dataset, encoder.tokenize, settings, artifact_sources(cfg, dataset, encoder))
+
+        start = evaluate_test(encoder, dataset, cfg, cache)
+        log_metrics(logger, {f"test_start/{k}": v for k, v in start.metrics.items()}, step=0)
+
+        system = RetrieverSystem(
+            encoder,
+            build_objective(cfg.loss, cfg.get("regularizer")),
+            optimizer=instantiate(cfg.optim.optimizer),
+            scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+            eval_batch_size=int(cfg.eval.batch_size),
+            eval_precision=str(cfg.eval.precision),
+        )
+        has_dev = bool(settings.dev_split)
+        callbacks = build_callbacks(cfg, output_dir, has_dev)
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(output_dir)
+        )
+        last = output_dir / "checkpoints" / "last.ckpt"
+        resume = str(last) if cfg.get("resume", True) and last.is_file() else None
+        trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+
+        best = next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint)), "")
+        if best and Path(best).is_file():
+            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            system.load_state_dict(state)
+        final = evaluate_test(system.encoder, dataset, cfg, cache)
+        log_metrics(logger, {f"test/{k}": v for k, v in final.metrics.items()}, step=trainer.global_step)
+        per_query = {name: final.per_query.get(name, {}) for name in ("ndcg@10", "recall@100", "mrr@10")}
+        log_json(logger, per_query, "metrics/test_per_query.json")
+        log_json(logger, {"start": start.metrics, "final": final.metrics}, "metrics/test.json")
+        export_dir = export_sentence_transformers(system.encoder, output_dir / "model")
+
+    print_summary(start.metrics, final.metrics, str(cfg.arm), export_dir)
+    return {
+        "test_start": start.metrics,
+        "test": final.metrics,
+        "objective": final.metrics["ndcg@10"],
+        "run_id": logger.run_id,
+        "output_dir": str(output_dir),
+        "model_dir": str(export_dir),
+    }
+
+
+def print_summary(start: dict[str, float], final: dict[str, float], arm: str, export_dir: Path) -> None:
+    print(f"\n[causalneg] arm={arm}: test metrics, starting encoder -> fine-tuned encoder")
+    for name in REPORTED:
+        if name in start and name in final:
+            delta = final[name] - start[name]
+            print(f"  {name:>11}: {start[name]:.4f} -> {final[name]:.4f}  ({delta:+.4f})")
+    print(f"  exported model: {export_dir}\n", flush=True)
