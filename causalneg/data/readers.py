@@ -32,7 +32,9 @@ def _lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise DataError(f"not valid UTF-8 ({err.reason} at byte {err.start})", path=path, line=line_no) from None
+                raise DataError(
+                    f"not valid UTF-8 ({err.reason} at byte {err.start})", path=path, line=line_no
+                ) from None
             text = text.rstrip("\r\n")
             if line_no == 1:
                 text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark some editors add
@@ -49,16 +51,21 @@ def check_string(value: Any, path: str | Path, line: int, field: str, *, allow_e
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise DataError("contains an unpaired surrogate (\\ud800-\\udfff)", path=path, line=line, field=field) from None
+        raise DataError(
+            "contains an unpaired surrogate (\\ud800-\\udfff)", path=path, line=line, field=field
+        ) from None
     return value
 
 
-def _json_objects(path: str | Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_json_objects(path: str | Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line_no, object)`` for each non-blank line of a JSONL file; ``what`` describes the expected file."""
     for line_no, text in _lines(path, what):
         try:
             row = json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataError(f"invalid JSON ({err.msg} at column {err.colno})", path=path, line=line_no) from None
+            raise DataError(
+                f"invalid JSON ({err.msg} at column {err.colno})", path=path, line=line_no
+            ) from None
         except RecursionError:
             raise DataError("invalid JSON (nested too deeply)", path=path, line=line_no) from None
         if not isinstance(row, dict):
@@ -71,7 +78,9 @@ def _record_id(row: Mapping[str, Any], path: str | Path, line: int, seen: dict[s
         raise DataError("missing", path=path, line=line, field="_id")
     rid = check_string(row["_id"], path, line, "_id", allow_empty=False)
     if rid in seen:
-        raise DataError(f"duplicate id {rid!r} (first seen on line {seen[rid]})", path=path, line=line, field="_id")
+        raise DataError(
+            f"duplicate id {rid!r} (first seen on line {seen[rid]})", path=path, line=line, field="_id"
+        )
     seen[rid] = line
     return rid
 
@@ -89,7 +98,7 @@ def read_corpus_jsonl(path: str | Path) -> dict[str, Passage]:
     """
     corpus: dict[str, Passage] = {}
     seen: dict[str, int] = {}
-    for line, row in _json_objects(path, "a BEIR corpus (corpus.jsonl)"):
+    for line, row in iter_json_objects(path, "a BEIR corpus (corpus.jsonl)"):
         pid = _record_id(row, path, line, seen)
         text = check_string(_required(row, "text", path, line), path, line, "text", allow_empty=True)
         title = row.get("title", "")
@@ -101,10 +110,10 @@ def read_corpus_jsonl(path: str | Path) -> dict[str, Passage]:
 
 
 def read_queries_jsonl(path: str | Path) -> dict[str, Query]:
-    """``{"_id": str, "text": str}`` per line -> ``{id: Query}`` in file order; query text must be non-blank."""
+    """``{"_id": str, "text": str}`` per line -> ``{id: Query}`` in file order; the text must be non-blank."""
     queries: dict[str, Query] = {}
     seen: dict[str, int] = {}
-    for line, row in _json_objects(path, "BEIR queries (queries.jsonl)"):
+    for line, row in iter_json_objects(path, "BEIR queries (queries.jsonl)"):
         qid = _record_id(row, path, line, seen)
         text = check_string(_required(row, "text", path, line), path, line, "text", allow_empty=False)
         queries[qid] = Query(id=qid, text=text)
@@ -121,7 +130,9 @@ def _tsv_rows(path: str | Path, header: tuple[str, ...], what: str) -> Iterator[
         cols = text.split("\t")
         if len(cols) != n:
             raise DataError(
-                f"expected {n} tab-separated columns ({', '.join(header)}), got {len(cols)}", path=path, line=line_no
+                f"expected {n} tab-separated columns ({', '.join(header)}), got {len(cols)}",
+                path=path,
+                line=line_no,
             )
         is_header = first and tuple(c.strip().lower().replace("_", "-") for c in cols) == header
         first = False
@@ -136,7 +147,9 @@ def _tsv_rows(path: str | Path, header: tuple[str, ...], what: str) -> Iterator[
 def _check_known(value: str, known: Collection[str] | None, path: str | Path, line: int, field: str) -> None:
     if known is not None and value not in known:
         kind = "document" if field == "corpus-id" else "query"
-        raise DataError(f"unknown {kind} id {value!r} (not in the {kind} file)", path=path, line=line, field=field)
+        raise DataError(
+            f"unknown {kind} id {value!r} (not in the {kind} file)", path=path, line=line, field=field
+        )
 
 
 def read_qrels_tsv(
@@ -157,11 +170,14 @@ def read_qrels_tsv(
         try:
             score = int(raw_score)
         except ValueError:
-            raise DataError(f"expected an integer, got {raw_score!r}", path=path, line=line, field="score") from None
+            raise DataError(
+                f"expected an integer, got {raw_score!r}", path=path, line=line, field="score"
+            ) from None
         previous = qrels.setdefault(qid, {}).get(pid)
         if previous is not None and previous != score:
             raise DataError(
-                f"conflicting judgment for ({qid}, {pid}): {score} here, {previous} on line {first[(qid, pid)]}",
+                f"conflicting judgment for ({qid}, {pid}): {score} here, "
+                f"{previous} on line {first[(qid, pid)]}",
                 path=path,
                 line=line,
                 field="score",
@@ -178,8 +194,8 @@ def read_pairs_tsv(
     known_queries: Collection[str] | None = None,
     known_docs: Collection[str] | None = None,
 ) -> dict[str, list[str]]:
-    """``query-id<TAB>corpus-id`` (optional header), e.g. hard negatives -> ``{qid: [pid, ...]}`` in file order
-    without repeats."""
+    """``query-id<TAB>corpus-id`` (optional header), e.g. hard negatives -> ``{qid: [pid, ...]}`` in file
+    order without repeats."""
     pairs: dict[str, list[str]] = {}
     for line, (qid, pid) in _tsv_rows(path, PAIRS_HEADER, "query/document pairs (TSV)"):
         _check_known(qid, known_queries, path, line, "query-id")
@@ -192,18 +208,22 @@ def read_pairs_tsv(
     return pairs
 
 
-def read_answers_jsonl(path: str | Path, known_queries: Collection[str] | None = None) -> dict[str, list[str]]:
-    """Answer strings per query from ``{"_id", "answers": [str, ...]}`` (NQ style) or ``{"_id", "answer": str}``
-    (HotpotQA ``query_meta.jsonl`` style) lines -> ``{qid: [answer, ...]}``."""
+def read_answers_jsonl(
+    path: str | Path, known_queries: Collection[str] | None = None
+) -> dict[str, list[str]]:
+    """Answer strings per query from ``{"_id", "answers": [str, ...]}`` (NQ style) or
+    ``{"_id", "answer": str}`` (HotpotQA ``query_meta.jsonl`` style) lines -> ``{qid: [answer, ...]}``."""
     answers: dict[str, list[str]] = {}
     seen: dict[str, int] = {}
-    for line, row in _json_objects(path, "answers per query (JSONL with _id and answers/answer)"):
+    for line, row in iter_json_objects(path, "answers per query (JSONL with _id and answers/answer)"):
         qid = _record_id(row, path, line, seen)
         _check_known(qid, known_queries, path, line, "_id")
         if "answers" in row:
             values = row["answers"]
             if not isinstance(values, list):
-                raise DataError(f"expected a list, got {type(values).__name__}", path=path, line=line, field="answers")
+                raise DataError(
+                    f"expected a list, got {type(values).__name__}", path=path, line=line, field="answers"
+                )
             answers[qid] = [check_string(v, path, line, "answers", allow_empty=False) for v in values]
         elif "answer" in row:
             answers[qid] = [check_string(row["answer"], path, line, "answer", allow_empty=False)]

@@ -1,11 +1,12 @@
 """Lightning callback that measures the source shortcut during training and logs it to MLflow.
 
-At each selected validation run (and once before the first training step) it embeds a fixed held-out sample
-of training groups with the current encoder, computes :func:`~causalneg.diagnostics.shortcut.shortcut_diagnostics`
-and logs every metric as ``diag/<key>`` plus its own wall time as ``diag/seconds``. PNG artifacts go to the
-``diagnostics/`` folder of the MLflow run (and to ``plot_dir`` if given): per-source histograms at the start
-(``source_histograms_start.png``) and end of training (``source_histograms_end.png``), the MI curve over steps
-(``mi_curve.png``) and the raw history (``diagnostics_history.json``).
+At each selected validation run (and once before the first training step) it embeds a fixed held-out
+sample of training groups with the current encoder, computes
+:func:`~causalneg.diagnostics.shortcut.shortcut_diagnostics`, and logs every metric as ``diag/<key>``
+plus its own wall time as ``diag/seconds``. Files go to the ``diagnostics/`` artifact folder of the MLflow
+run (and to ``plot_dir`` if given): per-source histograms at the start (``source_histograms_start.png``)
+and end of training (``source_histograms_end.png``), the MI curve over steps (``mi_curve.png``) and the
+raw history (``diagnostics_history.json``).
 
 Contract with the rest of the system:
 - ``trainer.datamodule.diagnostics_dataloader()`` yields dict batches like training batches, including
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from causalneg.diagnostics.plots import mi_curve, save_figure, source_histograms
 from causalneg.diagnostics.shortcut import ShortcutReport, shortcut_diagnostics
@@ -50,23 +53,30 @@ def _pad_cat(parts: list[torch.Tensor], fill: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def collect_embeddings(datamodule: Any, pl_module: pl.LightningModule, max_groups: int) -> dict[str, torch.Tensor]:
+def collect_embeddings(
+    datamodule: Any, pl_module: pl.LightningModule, max_groups: int
+) -> dict[str, torch.Tensor] | None:
     """Embed up to ``max_groups`` groups from ``datamodule.diagnostics_dataloader()`` (CPU tensors out).
 
     Returns:
         ``q`` [G, D], ``p`` [G, D], ``n`` [G, K, D], ``neg_source`` [G, K], ``neg_mask`` [G, K] -- the keyword
-        arguments of :func:`shortcut_diagnostics`. Batches with different K are padded (mask False).
+        arguments of :func:`shortcut_diagnostics` (batches with different K are padded, mask False); None when
+        the datamodule holds no diagnostic groups (its loader is None or empty).
     """
     make_loader = getattr(datamodule, "diagnostics_dataloader", None)
-    if make_loader is None or not hasattr(pl_module, "embed_batch"):
+    embed: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = getattr(
+        pl_module, "embed_batch", None
+    )
+    if make_loader is None or embed is None:
         raise ConfigError(
             "diagnostics: ShortcutDiagnostics needs trainer.datamodule.diagnostics_dataloader() and "
             "pl_module.embed_batch(batch); set diagnostics=null to train without it"
         )
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("q", "p", "n", "neg_source", "neg_mask")}
     total = 0
-    for batch in make_loader():
-        out = pl_module.embed_batch(move_data_to_device(batch, pl_module.device))
+    loader = make_loader()
+    for batch in loader if loader is not None else ():
+        out = embed(move_data_to_device(batch, pl_module.device))
         take = min(max_groups - total, out["query"].shape[0])
         for key, value in (
             ("q", out["query"]),
@@ -75,12 +85,14 @@ def collect_embeddings(datamodule: Any, pl_module: pl.LightningModule, max_group
             ("neg_source", batch["neg_source"]),
             ("neg_mask", batch["neg_mask"]),
         ):
-            parts[key].append(value[:take].detach().float().cpu() if value.is_floating_point() else value[:take].cpu())
+            parts[key].append(
+                value[:take].detach().float().cpu() if value.is_floating_point() else value[:take].cpu()
+            )
         total += take
         if total >= max_groups:
             break
     if total == 0:
-        raise ConfigError("diagnostics: diagnostics_dataloader() yielded no groups")
+        return None
     return {
         "q": torch.cat(parts["q"]),
         "p": torch.cat(parts["p"]),
@@ -117,7 +129,8 @@ class ShortcutDiagnostics(Callback):
         if every_n_validations < 1 or n_permutations < 1 or max_groups < 1 or temperature_ent <= 0:
             raise ConfigError(
                 "diagnostics: every_n_validations, n_permutations and max_groups must be >= 1 and "
-                f"temperature_ent > 0, got {every_n_validations}, {n_permutations}, {max_groups}, {temperature_ent}"
+                f"temperature_ent > 0; got {every_n_validations=}, {n_permutations=}, {max_groups=}, "
+                f"{temperature_ent=}"
             )
         self.every_n_validations = every_n_validations
         self.n_permutations = n_permutations
@@ -129,12 +142,25 @@ class ShortcutDiagnostics(Callback):
         self.history: list[tuple[int, dict[str, float]]] = []
         self._validations = 0
         self._wrote_start = False
+        self._warned_empty = False
         self._last_report: ShortcutReport | None = None
 
-    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[ShortcutReport, float]:
-        """Embed the held-out groups, compute the report, record it in ``history``; returns (report, seconds)."""
+    def measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[ShortcutReport, float] | None:
+        """Embed the held-out groups, compute the report, record it in ``history``; returns (report, seconds).
+
+        None (with a one-time warning) when the datamodule has no diagnostic groups.
+        """
         start = time.perf_counter()
-        arrays = collect_embeddings(trainer.datamodule, pl_module, self.max_groups)
+        arrays = collect_embeddings(getattr(trainer, "datamodule", None), pl_module, self.max_groups)
+        if arrays is None:
+            if not self._warned_empty:
+                rank_zero_warn(
+                    "ShortcutDiagnostics: the datamodule has no held-out diagnostic groups; nothing logged"
+                )
+                self._warned_empty = True
+            return None
         report = shortcut_diagnostics(
             **arrays, temperature_ent=self.temperature_ent, n_permutations=self.n_permutations, seed=self.seed
         )
@@ -148,9 +174,12 @@ class ShortcutDiagnostics(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            report, seconds = self.measure(trainer, pl_module)
+            measured = self.measure(trainer, pl_module)
         finally:
             pl_module.train(was_training)
+        if measured is None:
+            return
+        report, seconds = measured
         metrics = {f"diag/{k}": v for k, v in report.metrics.items()} | {"diag/seconds": seconds}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
@@ -163,7 +192,10 @@ class ShortcutDiagnostics(Callback):
         if (self._validations - 1) % self.every_n_validations or not trainer.is_global_zero:
             return
         start = time.perf_counter()
-        report, _ = self.measure(trainer, pl_module)
+        measured = self.measure(trainer, pl_module)
+        if measured is None:
+            return
+        report = measured[0]
         if not self._wrote_start:
             self._write(trainer, {"source_histograms_start.png": self._histograms(report, trainer, "start")})
         for key, value in report.metrics.items():

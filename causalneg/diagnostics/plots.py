@@ -44,7 +44,7 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
 
 def _source_panel(ax: Axes, values: np.ndarray, source: np.ndarray, xlabel: str, title: str) -> None:
     """Overlaid density histograms of ``values`` [N], one per source present, on shared bin edges."""
-    edges = np.histogram_bin_edges(values, bins=40) if values.size else np.linspace(-1, 1, 41)
+    edges = (np.histogram_bin_edges(values, bins=40) if values.size else np.linspace(-1, 1, 41)).tolist()
     for code in sorted(np.unique(source).tolist()):
         member = NegativeSource(code)
         vals = values[source == code]
@@ -59,10 +59,17 @@ def _source_panel(ax: Axes, values: np.ndarray, source: np.ndarray, xlabel: str,
 
 
 def source_histograms(report: ShortcutReport, title: str = "") -> Figure:
-    """Two panels: per-source histograms of cos(q, negative) and of the margin cos(q, p) − cos(q, negative)."""
+    """Two panels: per-source histograms of cos(q, negative) and of the margin cos(q, p) − cos(q, negative).
+
+    Args:
+        report: the diagnostics whose ``similarity``, ``margin`` and ``source`` arrays are drawn.
+        title: appended to the figure title (e.g. "start of training, step 0").
+    """
     fig = new_figure(11, 4)
     left, right = fig.subplots(1, 2)
-    _source_panel(left, report.similarity, report.source, "cos(query, negative)", "Similarity by negative source")
+    _source_panel(
+        left, report.similarity, report.source, "cos(query, negative)", "Similarity by negative source"
+    )
     _source_panel(
         right, report.margin, report.source, "cos(query, positive) − cos(query, negative)", "Margin by source"
     )
@@ -85,12 +92,19 @@ def mi_curve(history: Sequence[tuple[int, dict[str, float]]]) -> Figure:
     ax = fig.subplots()
     if rows:
         steps = np.array([step for step, _ in rows])
-        for key, colour, name in (("mi_knn", "tab:blue", "k-NN (Ross)"), ("mi_binned", "tab:orange", "binned (MM)")):
+        for key, colour, name in (
+            ("mi_knn", "tab:blue", "k-NN (Ross)"),
+            ("mi_binned", "tab:orange", "binned (MM)"),
+        ):
             ax.plot(steps, [m[key] for _, m in rows], marker="o", color=colour, label=f"I(Z;S) {name}")
             p95 = np.array([m[f"{key}_perm_p95"] for _, m in rows])
-            ax.fill_between(steps, 0.0, p95, color=colour, alpha=0.15, label=f"permutation band ≤ p95, {name}")
+            ax.fill_between(
+                steps, 0.0, p95, color=colour, alpha=0.15, label=f"permutation band ≤ p95, {name}"
+            )
     else:
-        ax.text(0.5, 0.5, "no step had both mined and generated negatives", ha="center", transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no step had both mined and generated negatives", ha="center", transform=ax.transAxes
+        )
     ax.set_xlabel("global step")
     ax.set_ylabel("I(source; similarity) [nats]")
     ax.set_title("Source shortcut: mutual information between source and similarity")
@@ -115,14 +129,19 @@ def _bar_panel(ax: Axes, summary: pd.DataFrame, metric: str, arms: Sequence[str]
     if rows["mean"].notna().any():
         err, what = _errors(rows.fillna({"mean": 0.0}))
         ax.bar(x, rows["mean"].fillna(0.0), yerr=err, capsize=4, color="tab:blue", alpha=0.8)
-        ax.set_title(f"{metric} per arm (error bars: {what})", fontsize="medium")
+        ax.set_title(f"{metric} per arm\n(bars: mean over seeds; error bars: {what})", fontsize="medium")
+        for i in np.flatnonzero(rows["mean"].isna().to_numpy()):
+            # e.g. MI for an arm without generated negatives: say so instead of drawing an empty bar
+            ax.text(x[i], 0.0, "not measured", ha="center", va="bottom", rotation=90, fontsize="small")
     else:
         ax.set_title(f"{metric}: not logged by any run", fontsize="medium")
     ax.set_xticks(x, list(arms), rotation=20, ha="right")
     ax.set_ylabel(ylabel)
 
 
-def metric_by_arm(summary: pd.DataFrame, metric: str = "test/ndcg@10", arms: Sequence[str] | None = None) -> Figure:
+def metric_by_arm(
+    summary: pd.DataFrame, metric: str = "test/ndcg@10", arms: Sequence[str] | None = None
+) -> Figure:
     """Bar chart of one metric per arm with its 95% interval.
 
     Args:
@@ -132,16 +151,15 @@ def metric_by_arm(summary: pd.DataFrame, metric: str = "test/ndcg@10", arms: Seq
         arms: bar order; default the arms of ``summary`` in order of appearance.
     """
     order = list(arms) if arms is not None else list(dict.fromkeys(summary["arm"]))
-    fig = new_figure(max(5.0, 1.2 * len(order) + 2), 4)
+    fig = new_figure(max(6.5, 1.2 * len(order) + 2), 4.5)
     _bar_panel(fig.subplots(), summary, metric, order, metric)
-    fig.suptitle(f"{metric} by arm (mean over seeds)")
     return fig
 
 
 def shortcut_by_arm(summary: pd.DataFrame, arms: Sequence[str] | None = None) -> Figure:
     """Two panels per arm: final I(Z; S) (k-NN, with its permutation p95) and the query-blind probe AUC."""
     order = list(arms) if arms is not None else list(dict.fromkeys(summary["arm"]))
-    fig = new_figure(max(9.0, 2.0 * len(order) + 3), 4)
+    fig = new_figure(max(12.0, 2.0 * len(order) + 3), 4.8)
     left, right = fig.subplots(1, 2)
     _bar_panel(left, summary, "diag/mi_knn", order, "I(source; similarity) [nats]")
     p95 = summary[summary["metric"] == "diag/mi_perm_p95"].set_index("arm").reindex(order)["mean"]
@@ -153,4 +171,3 @@ def shortcut_by_arm(summary: pd.DataFrame, arms: Sequence[str] | None = None) ->
     right.set_ylim(0.0, 1.0)
     fig.suptitle("Source shortcut per arm: mutual information and source probe (final diagnostics)")
     return fig
-

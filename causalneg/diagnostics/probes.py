@@ -3,9 +3,10 @@
 - :func:`probe_auc_blind` -- *query-blind* probe: a linear classifier sees only the negative's embedding.
   A cross-validated ROC-AUC near 0.5 means the encoder does not separate the sources by style; near 1.0 means
   it does, whatever the query (a shortcut the contrastive loss can exploit).
-- :func:`probe_auc_similarity` -- the query-negative similarity S itself used as a score for Z. AUC > 0.5:
-  generated negatives score higher than mined ones (harder), < 0.5: lower (easier, the shortcut that makes them
-  useless as negatives). ``|AUC − 0.5|`` is the effect size; ``I(Z; S)`` measures the same dependence in nats.
+- :func:`probe_auc_similarity` -- the query-negative similarity S itself used as a score for Z.
+  AUC > 0.5: generated negatives score higher than mined ones (harder); < 0.5: lower (easier, the shortcut
+  that makes them useless as negatives). ``|AUC − 0.5|`` is the effect size; ``I(Z; S)`` measures the
+  same dependence in nats.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def to_numpy(x: Any, dtype: type = np.float64) -> NDArray[Any]:
     """A torch tensor (any device or dtype, bf16 included) or array-like as a numpy array of ``dtype``."""
     if hasattr(x, "detach"):
         x = x.detach().cpu()
-        x = x.float() if x.is_floating_point() else x
+        x = x.float() if x.is_floating_point() and x.element_size() < 4 else x  # numpy has no bf16
         x = x.numpy()
     return np.asarray(x, dtype=dtype)
 
@@ -73,14 +73,18 @@ def _normalise(x: NDArray[np.float64]) -> NDArray[np.float64]:
     return x / np.maximum(norm, 1e-12)
 
 
-def _check_shapes(q: NDArray[Any], p: NDArray[Any], n: NDArray[Any], src: NDArray[Any], mask: NDArray[Any]) -> None:
+def _check_shapes(
+    q: NDArray[Any], p: NDArray[Any], n: NDArray[Any], src: NDArray[Any], mask: NDArray[Any]
+) -> None:
     if q.ndim != 2 or p.shape != q.shape:
         raise ValueError(f"q and p must both be [G, D], got {q.shape} and {p.shape}")
     g, d = q.shape
     if n.ndim != 3 or n.shape[0] != g or n.shape[2] != d:
         raise ValueError(f"n must be [G, K, D] = [{g}, K, {d}], got {n.shape}")
     if src.shape != n.shape[:2] or mask.shape != n.shape[:2]:
-        raise ValueError(f"neg_source and neg_mask must be [G, K] = {n.shape[:2]}, got {src.shape}, {mask.shape}")
+        raise ValueError(
+            f"neg_source and neg_mask must be [G, K] = {n.shape[:2]}, got {src.shape}, {mask.shape}"
+        )
 
 
 def entropy_metrics(
@@ -126,7 +130,11 @@ def dependence_metrics(
     n_permutations: int,
     seed: int,
 ) -> dict[str, float]:
-    """MI estimates with permutation baselines and both probe AUCs for labels z [N], scores s [N], emb [N, D]."""
+    """MI estimates, their permutation baselines and both probe AUCs.
+
+    Args:
+        z: [N] source labels (1 = generated). s: [N] similarities. emb: [N, D] negative embeddings.
+    """
     knn = partial(mi_knn, seed=seed)
     knn_mean, knn_p95 = permutation_baseline(knn, z, s, n_permutations, seed)
     bin_mean, bin_p95 = permutation_baseline(mi_binned, z, s, n_permutations, seed)
@@ -190,7 +198,9 @@ def shortcut_diagnostics(
     if is_gen.any() and "h_gen_norm" not in metrics:
         skipped.append("h_gen_norm: no group has two or more generated negatives")
     for key in [k for k, v in metrics.items() if not np.isfinite(v)]:
-        skipped.append(f"{key}: not computable on this sample (e.g. fewer members per class than probe folds)")
+        skipped.append(
+            f"{key}: not computable on this sample (e.g. fewer members per class than probe folds)"
+        )
         del metrics[key]
     return ShortcutReport(
         metrics=metrics, similarity=sim[mask], margin=margin[mask], source=src[mask], skipped=skipped

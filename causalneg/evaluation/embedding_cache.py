@@ -3,9 +3,9 @@
 Mining, evaluation of the starting model and diagnostics all encode the same corpus with the same weights; the
 cache key (:func:`embedding_key`) is the fingerprint of everything that determines the vectors -- the weights
 fingerprint, the texts, the side, its max length and prefix, pooling, normalisation and precision -- and of
-nothing that does not (batch size, bucketing, thread count). Each entry is ``<key>.npy`` (float32 ``[N, D]``)
-plus ``<key>.json`` (shape and the key's inputs), both written atomically; the JSON is written last and marks a
-complete entry.
+nothing that does not (batch size, bucketing, thread count). Each entry is ``<key>.npy`` (float32
+``[N, D]``) plus ``<key>.json`` (shape and the key's inputs), both written atomically; the JSON is written
+last and marks a complete entry.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from causalneg.artifacts import atomic_write_json, fingerprint
 
 
 def texts_fingerprint(texts: Sequence[str]) -> str:
-    """sha256 over the texts in order, each length-prefixed (so ``["ab", "c"]`` and ``["a", "bc"]`` differ)."""
+    """sha256 over the texts in order, each length-prefixed (``["ab", "c"]`` and ``["a", "bc"]`` differ)."""
     digest = hashlib.sha256()
     for text in texts:
         data = text.encode("utf-8")
@@ -74,7 +74,7 @@ class EmbeddingCache:
         return array_path.is_file() and meta_path.is_file()
 
     def get(self, key: str) -> torch.Tensor | None:
-        """The cached ``[N, D]`` float32 tensor, or None when absent or unreadable (an unreadable entry is a miss)."""
+        """The cached ``[N, D]`` float32 tensor, or None when absent or unreadable (a miss either way)."""
         array_path, meta_path = self._paths(key)
         if not (array_path.is_file() and meta_path.is_file()):
             return None

@@ -1,10 +1,11 @@
 """Fast encoding of many texts: length-bucketed batches, dynamic padding, optional bf16, on-disk cache.
 
-Texts are tokenized once (unpadded), sorted by token length (longest first), cut into batches, each batch padded
-only to its own longest text, encoded, and the vectors put back in input order. Sorting makes neighbouring texts
-similar in length, so almost no compute is spent on padding (see :func:`padding_fraction`). Under ``bf16`` the
-backbone runs in ``torch.autocast(device, dtype=bfloat16)`` (AMX/AVX512-BF16 on these CPUs); pooling and
-normalisation stay in float32 and the result is float32.
+Texts are tokenized once (unpadded), sorted by token length (longest first), cut into batches, each batch
+padded only to its own longest text, encoded, and the vectors put back in input order. Sorting makes
+neighbouring texts similar in length, so almost no compute is spent on padding (see :func:`padding_fraction`).
+Under ``bf16`` the backbone runs in ``torch.autocast(device, dtype=bfloat16)``; pooling and normalisation stay
+in float32 and the result is float32. bf16 pays off only where the CPU has native bf16 matrix units
+(AVX512-BF16/AMX); on an AVX2-only CPU it is emulated and several times slower than float32.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -41,7 +43,7 @@ def autocast_context(precision: str, device: torch.device) -> Iterator[None]:
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, bucketed: bool = True) -> list[list[int]]:
-    """Index batches: in input order, or (``bucketed``) sorted by length descending, ties by index (stable)."""
+    """Index batches: in input order, or (``bucketed``) by length descending, ties by index (stable)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if bucketed else list(range(len(lengths)))
@@ -49,7 +51,7 @@ def length_batches(lengths: Sequence[int], batch_size: int, bucketed: bool = Tru
 
 
 def padded_slots(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> int:
-    """Token positions computed when each batch is padded to its longest member: ``sum_b |b| * max_{i in b} L_i``."""
+    """Positions computed when each batch is padded to its longest member: ``sum_b |b| max_{i in b} L_i``."""
     return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches if batch)
 
 
@@ -61,7 +63,7 @@ def padding_fraction(lengths: Sequence[int], batch_size: int, bucketed: bool) ->
 
 @dataclass
 class EncodeStats:
-    """What an :func:`encode_texts_with_stats` call did; ``padding_fraction`` = padded / computed positions."""
+    """What an :func:`encode_texts_with_stats` call did (``padding_fraction``: padding/positions)."""
 
     n_texts: int
     n_batches: int
@@ -78,6 +80,53 @@ class EncodeStats:
         return self.n_texts / self.seconds if self.seconds > 0 else float("inf")
 
 
+def _cache_key(
+    encoder: DualEncoder, texts: Sequence[str], side: Side, precision: str
+) -> tuple[str, dict[str, Any]]:
+    return embedding_key(
+        encoder.weights_fingerprint(),
+        texts_fingerprint(texts),
+        side,
+        encoder.max_length(side),
+        encoder.prefix(side),
+        encoder.config.pooling,
+        encoder.config.normalize,
+        precision,
+    )
+
+
+def _encode_batches(
+    encoder: DualEncoder,
+    ids: list[list[int]],
+    batches: list[list[int]],
+    side: Side,
+    precision: str,
+    progress: bool,
+) -> torch.Tensor:
+    """Encode each index batch (padded to its longest); vectors go back to input order: ``[N, D]``."""
+    device = next(encoder.parameters()).device
+    modes = {module: module.training for module in encoder.modules()}
+    encoder.eval()
+    try:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(ids), disable=not progress, desc=f"encode {side}", unit="text") as bar,
+        ):
+            out = torch.empty((len(ids), encoder.embedding_dim), dtype=torch.float32)
+            for batch in batches:
+                features = encoder.pad([ids[i] for i in batch])
+                with autocast_context(precision, device):
+                    vectors = encoder.encode(
+                        features["input_ids"].to(device), features["attention_mask"].to(device), side
+                    )
+                out[torch.tensor(batch, dtype=torch.long)] = vectors.float().cpu()
+                bar.update(len(batch))
+        return out.clone()  # an ordinary tensor: inference tensors cannot enter autograd later
+    finally:
+        for module, training in modes.items():  # restore every submodule's own mode
+            module.training = training
+
+
 def encode_texts_with_stats(
     encoder: DualEncoder,
     texts: Sequence[str],
@@ -88,52 +137,23 @@ def encode_texts_with_stats(
     cache: EmbeddingCache | None = None,
     bucketed: bool = True,
 ) -> tuple[torch.Tensor, EncodeStats]:
-    """Encode ``texts`` on ``side`` in eval mode under ``torch.inference_mode``; returns (``[N, D]`` float32, stats).
+    """Encode ``texts`` on ``side`` in eval mode under inference mode; returns (``[N, D]`` float32, stats).
 
     The result is an ordinary tensor (cloned out of inference mode), row ``i`` = ``texts[i]``. With ``cache``,
-    a hit skips encoding entirely and a miss stores the result. The encoder's train/eval mode is restored.
+    a hit skips encoding entirely and a miss stores the result. Every submodule's train/eval mode is restored.
     """
     canonical = canonical_precision(precision)
     started = time.perf_counter()
-    key, key_inputs = "", {}
+    key, key_inputs = _cache_key(encoder, texts, side, canonical) if cache is not None else ("", {})
     if cache is not None:
-        key, key_inputs = embedding_key(
-            encoder.weights_fingerprint(),
-            texts_fingerprint(texts),
-            side,
-            encoder.max_length(side),
-            encoder.prefix(side),
-            encoder.config.pooling,
-            encoder.config.normalize,
-            canonical,
-        )
         cached = cache.get(key)
         if cached is not None and cached.shape == (len(texts), encoder.embedding_dim):
-            stats = EncodeStats(len(texts), 0, 0, 0, 0.0, time.perf_counter() - started, canonical, bucketed, True)
-            return cached, stats
-
+            seconds = time.perf_counter() - started
+            return cached, EncodeStats(len(texts), 0, 0, 0, 0.0, seconds, canonical, bucketed, cache_hit=True)
     ids = encoder.token_ids(texts, side)
     lengths = [len(seq) for seq in ids]
     batches = length_batches(lengths, batch_size, bucketed)
-    device = next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.inference_mode(), tqdm(
-            total=len(texts), disable=not progress, desc=f"encode {side}", unit="text"
-        ) as bar:
-            out = torch.empty((len(texts), encoder.embedding_dim), dtype=torch.float32)
-            for batch in batches:
-                features = encoder.pad([ids[i] for i in batch])
-                with autocast_context(canonical, device):
-                    vectors = encoder.encode(
-                        features["input_ids"].to(device), features["attention_mask"].to(device), side
-                    )
-                out[torch.tensor(batch, dtype=torch.long)] = vectors.float().cpu()
-                bar.update(len(batch))
-        embeddings = out.clone()  # an ordinary tensor: inference tensors cannot enter autograd later
-    finally:
-        encoder.train(was_training)
+    embeddings = _encode_batches(encoder, ids, batches, side, canonical, progress)
     slots = padded_slots(lengths, batches)
     stats = EncodeStats(
         n_texts=len(texts),
@@ -161,5 +181,7 @@ def encode_texts(
     bucketed: bool = True,
 ) -> torch.Tensor:
     """:func:`encode_texts_with_stats` without the stats: ``[N, D]`` float32 embeddings in input order."""
-    embeddings, _ = encode_texts_with_stats(encoder, texts, side, batch_size, precision, progress, cache, bucketed)
+    embeddings, _ = encode_texts_with_stats(
+        encoder, texts, side, batch_size, precision, progress, cache, bucketed
+    )
     return embeddings

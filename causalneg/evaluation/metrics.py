@@ -4,17 +4,17 @@ Per query, the run is ranked the way trec_eval ranks it: score descending, ties 
 *descending* (byte order). With ``rel(d)`` the judged relevance (0 when unjudged), ``R = {d : rel(d) >= 1}``
 and ``d_1, d_2, ...`` the ranking:
 
-- ``ndcg@k = DCG@k / IDCG@k`` with ``DCG@k = sum_{i<=k} max(rel(d_i), 0) / log2(i + 1)`` (linear, graded gains)
-  and ``IDCG@k`` the same sum over the judged relevance values sorted descending (0 when no gain exists);
-  this is trec_eval's ``ndcg_cut.k``.
+- ``ndcg@k = DCG@k / IDCG@k`` with ``DCG@k = sum_{i<=k} max(rel(d_i), 0) / log2(i + 1)`` (linear, graded
+  gains) and ``IDCG@k`` the same sum over the judged relevance values sorted descending (0 when no gain
+  exists); this is trec_eval's ``ndcg_cut.k``.
 - ``recall@k = |{d_1..d_k} ∩ R| / |R|`` (trec_eval ``recall.k``).
 - ``mrr@k = 1 / min{i <= k : d_i ∈ R}``, 0 if none (trec_eval ``recip_rank`` on the top-k ranking).
 
-Which queries count: a query counts when it has at least one relevant judgment (``rel >= 1``); a query without
-one has no defined recall and is skipped (as BEIR's files never contain such queries). A counted query that is
-missing from the run (or has an empty ranking) scores 0 on every metric and stays in the mean: a retriever that
-returns nothing must not look better. Queries in the run but not in the qrels are ignored. Aggregates are
-means over counted queries.
+Which queries count: a query counts when it has at least one relevant judgment (``rel >= 1``); a query
+without one has no defined recall and is skipped (BEIR's files never contain such queries). A counted query
+that is missing from the run (or has an empty ranking) scores 0 on every metric and stays in the mean: a
+retriever that returns nothing must not look better (pytrec_eval would silently drop it). Queries in the run
+but not in the qrels are ignored. Aggregates are means over counted queries.
 """
 
 from __future__ import annotations

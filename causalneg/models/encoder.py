@@ -5,8 +5,8 @@ call :meth:`DualEncoder.encode` in inference mode. Texts become vectors as
 
     e(x) = normalize(pool(backbone(tokenize(prefix_side + x, max_length_side))))     # [B, D]
 
-with dynamic padding (each batch is padded to its own longest sequence, never to ``max_length``), so a generous
-``doc_max_length`` costs nothing for short passages.
+with dynamic padding (each batch is padded to its own longest sequence, never to ``max_length``), so a
+generous ``doc_max_length`` costs nothing for short passages.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from causalneg.models.pooling import POOLING_MODES, pool
 Side = Literal["query", "doc"]
 SIDES = ("query", "doc")
 
-# A random BERT small enough for unit tests (about 1M parameters, nearly all in the 30k-token embedding table).
+# A random BERT small enough for unit tests (about 1M parameters, nearly all in the 30k-token embeddings).
 TINY_DEFAULTS: dict[str, Any] = {
     "hidden_size": 32,
     "num_hidden_layers": 2,
@@ -62,8 +62,8 @@ class EncoderConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.source not in SOURCES + ("tiny",):
-            raise ConfigError(f"model.source={self.source!r} is not one of {SOURCES + ('tiny',)}")
+        if self.source not in (*SOURCES, "tiny"):
+            raise ConfigError(f"model.source={self.source!r} is not one of {(*SOURCES, 'tiny')}")
         if self.pooling not in POOLING_MODES:
             raise ConfigError(f"model.pooling={self.pooling!r} is not one of {POOLING_MODES}")
         for key in ("query_max_length", "doc_max_length"):
@@ -90,7 +90,7 @@ def _check_side(side: str) -> None:
 
 
 def _build_tiny(config: EncoderConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A random BERT with the MiniLM tokenizer, initialised from ``config.seed`` without touching global RNG."""
+    """A random BERT with the MiniLM tokenizer, initialised from ``config.seed``; global RNG is untouched."""
     tokenizer = AutoTokenizer.from_pretrained(package_model_dir(MINILM_PACKAGE))
     kwargs = {**TINY_DEFAULTS, "vocab_size": len(tokenizer), **config.tiny}
     with torch.random.fork_rng(devices=[]):
@@ -102,12 +102,16 @@ def _build_tiny(config: EncoderConfig) -> tuple[PreTrainedModel, PreTrainedToken
 class DualEncoder(nn.Module):
     """Query and document encoder. ``encode`` maps ``input_ids, attention_mask [B, T]`` to ``[B, D]`` float32.
 
-    With ``shared_towers`` one backbone encodes both sides; otherwise the document tower starts as a deep copy
-    of the query tower. The backbone's pooler head (BERT's ``pooler``), unused by our pooling, is frozen so that
-    every trainable parameter receives a gradient (DDP requires it) while it still round-trips on export.
+    With ``shared_towers`` one backbone encodes both sides; otherwise the document tower starts as a deep
+    copy of the query tower. The backbone's pooler head (BERT's ``pooler``), unused by our pooling, is frozen
+    so that every trainable parameter receives a gradient (DDP requires it) while it still round-trips on
+    export.
+    A new encoder is in eval mode (as ``from_pretrained`` leaves models); training code calls ``.train()``.
     """
 
-    def __init__(self, config: EncoderConfig, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self, config: EncoderConfig, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    ) -> None:
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
@@ -120,10 +124,13 @@ class DualEncoder(nn.Module):
             if isinstance(pooler, nn.Module):
                 pooler.requires_grad_(False)
         self._fingerprint_cache: tuple[tuple[tuple[str, int, int], ...], str] | None = None
+        self.eval()  # like from_pretrained: the whole module starts in eval mode; a trainer switches it
 
     @classmethod
-    def from_config(cls, config: EncoderConfig | Mapping[str, Any], cache_dir: str | None = None) -> DualEncoder:
-        """Load (or, for ``tiny``, build) the backbone and tokenizer; ``cache_dir`` is where mpnet is unzipped."""
+    def from_config(
+        cls, config: EncoderConfig | Mapping[str, Any], cache_dir: str | None = None
+    ) -> DualEncoder:
+        """Load (``tiny``: build) the backbone and tokenizer; ``cache_dir`` is where mpnet is unzipped."""
         if not isinstance(config, EncoderConfig):
             config = EncoderConfig.from_dict(config)
         if config.source == "tiny":
@@ -136,7 +143,9 @@ class DualEncoder(nn.Module):
 
     def towers(self) -> list[PreTrainedModel]:
         """The distinct backbones: one when towers are shared, else [query, doc]."""
-        return [self.query_backbone] if self.doc_backbone is None else [self.query_backbone, self.doc_backbone]
+        return (
+            [self.query_backbone] if self.doc_backbone is None else [self.query_backbone, self.doc_backbone]
+        )
 
     def backbone(self, side: Side) -> PreTrainedModel:
         _check_side(side)
@@ -157,8 +166,10 @@ class DualEncoder(nn.Module):
         return self.config.query_prefix if side == "query" else self.config.doc_prefix
 
     def token_ids(self, texts: Sequence[str], side: Side) -> list[list[int]]:
-        """Unpadded token ids of ``prefix + text``, truncated at the side's max length (special tokens included)."""
+        """Unpadded token ids of ``prefix + text``, truncated at the side's max length (specials included)."""
         prefix = self.prefix(side)
+        if not texts:
+            return []
         encoded = self.tokenizer(
             [prefix + text for text in texts],
             truncation=True,
@@ -170,7 +181,7 @@ class DualEncoder(nn.Module):
         return [list(ids) for ids in encoded["input_ids"]]
 
     def pad(self, ids: Sequence[Sequence[int]]) -> BatchEncoding:
-        """Pad to the longest sequence of this batch on the tokenizer's padding side: ``input_ids, attention_mask [B, T]``."""
+        """``input_ids, attention_mask [B, T]``, padded to this batch's longest (tokenizer's side)."""
         width = max((len(seq) for seq in ids), default=0)
         input_ids = torch.full((len(ids), width), int(self.tokenizer.pad_token_id), dtype=torch.long)
         attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
@@ -182,11 +193,11 @@ class DualEncoder(nn.Module):
         return BatchEncoding({"input_ids": input_ids, "attention_mask": attention_mask})
 
     def tokenize(self, texts: Sequence[str], side: Side) -> BatchEncoding:
-        """``input_ids, attention_mask [B, T]`` with T = the longest tokenized text of this batch (dynamic padding)."""
+        """``input_ids, attention_mask [B, T]``, T = this batch's longest text (dynamic padding)."""
         return self.pad(self.token_ids(texts, side))
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor, side: Side = "query") -> Tensor:
-        """``input_ids, attention_mask [B, T]`` -> embeddings ``[B, D]`` (float32, unit L2 norm if ``normalize``)."""
+        """``input_ids, attention_mask [B, T]`` -> ``[B, D]`` float32 (unit L2 norm if ``normalize``)."""
         output = self.backbone(side)(input_ids=input_ids, attention_mask=attention_mask)
         embeddings = pool(self.config.pooling, output.last_hidden_state, attention_mask)  # [B, D] float32
         if self.config.normalize:

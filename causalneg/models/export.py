@@ -29,7 +29,11 @@ from causalneg.artifacts import atomic_write_json
 from causalneg.models.encoder import DualEncoder
 
 # Our pooling name -> sentence-transformers' legacy pooling flag (newer versions map it to ``pooling_mode``).
-_POOLING_FLAGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last_token": "pooling_mode_lasttoken"}
+_POOLING_FLAGS = {
+    "mean": "pooling_mode_mean_tokens",
+    "cls": "pooling_mode_cls_token",
+    "last_token": "pooling_mode_lasttoken",
+}
 _ALL_FLAGS = (
     "pooling_mode_cls_token",
     "pooling_mode_mean_tokens",
@@ -46,7 +50,9 @@ def _modules(normalize: bool) -> list[dict[str, Any]]:
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
     if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
     return modules
 
 
@@ -58,7 +64,9 @@ def _write_tower(
     backbone.save_pretrained(folder)
     encoder.tokenizer.save_pretrained(folder)
     atomic_write_json(folder / "modules.json", _modules(cfg.normalize))
-    atomic_write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
+    atomic_write_json(
+        folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False}
+    )
     pooling: dict[str, Any] = {"word_embedding_dimension": encoder.embedding_dim}
     pooling.update({flag: flag == _POOLING_FLAGS[cfg.pooling] for flag in _ALL_FLAGS})
     atomic_write_json(folder / "1_Pooling" / "config.json", pooling)
@@ -75,8 +83,8 @@ def _write_tower(
 def export_sentence_transformers(encoder: DualEncoder, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write ``encoder`` to ``out_dir`` (see the module docstring) and return it.
 
-    The folder is assembled in a temporary sibling and renamed into place, so a crash leaves nothing half-written.
-    An existing non-empty ``out_dir`` is an error unless ``overwrite``.
+    The folder is assembled in a temporary sibling and renamed into place, so a crash leaves no half-written
+    folder. An existing non-empty ``out_dir`` is an error unless ``overwrite``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -89,8 +97,20 @@ def export_sentence_transformers(encoder: DualEncoder, out_dir: str | Path, over
             prompts = {"query": cfg.query_prefix, "document": cfg.doc_prefix}
             _write_tower(encoder, encoder.query_backbone, tmp, cfg.doc_max_length, prompts)
         else:
-            _write_tower(encoder, encoder.query_backbone, tmp / "query", cfg.query_max_length, {"query": cfg.query_prefix})
-            _write_tower(encoder, encoder.doc_backbone, tmp / "document", cfg.doc_max_length, {"document": cfg.doc_prefix})
+            _write_tower(
+                encoder,
+                encoder.query_backbone,
+                tmp / "query",
+                cfg.query_max_length,
+                {"query": cfg.query_prefix},
+            )
+            _write_tower(
+                encoder,
+                encoder.doc_backbone,
+                tmp / "document",
+                cfg.doc_max_length,
+                {"document": cfg.doc_prefix},
+            )
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

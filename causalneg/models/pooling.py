@@ -21,7 +21,7 @@ def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
 
 
 def cls_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
-    """State of the first real token (``[CLS]`` for BERT-style models), found from the mask so left padding works."""
+    """State of the first real token (``[CLS]`` for BERT), found from the mask so left padding works."""
     first = attention_mask.to(torch.int64).argmax(dim=1)  # [B]: argmax returns the first maximal index
     return hidden[torch.arange(hidden.size(0), device=hidden.device), first]
 
@@ -37,7 +37,7 @@ def last_token_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
 
 
 def pool(mode: str, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-    """Dispatch on ``mode`` in :data:`POOLING_MODES`; ``hidden [B, T, H]`` is pooled in float32 to ``[B, H]``."""
+    """Dispatch on ``mode`` (:data:`POOLING_MODES`); ``hidden [B, T, H]`` -> ``[B, H]`` in float32."""
     hidden = hidden.float()
     if mode == "mean":
         return mean_pool(hidden, attention_mask)

@@ -17,7 +17,7 @@ from causalneg.artifacts import is_complete
 from causalneg.data.datamodule import ArtifactSources
 from causalneg.errors import ConfigError
 from causalneg.models.encoder import DualEncoder
-from causalneg.records import RetrievalDataset
+from causalneg.records import Negative, RetrievalDataset
 
 
 def apply_runtime(cfg: DictConfig) -> None:
@@ -74,12 +74,13 @@ def generate_in_child_process(cfg: DictConfig) -> None:
 def artifact_sources(cfg: DictConfig, dataset: RetrievalDataset, encoder: DualEncoder | None) -> ArtifactSources:
     """Mining (in-process, cheap) and generation (child process) providers for the DataModule."""
     from causalneg.data.mining.artifact import ensure_mined, load_mined
-    from causalneg.generation.artifact import generated_artifact_dir, load_generated
 
     def mined(split: str) -> Path:
         return ensure_mined(_with_split(cfg, split), dataset, encoder=encoder)
 
     def ensure_generated() -> Path:
+        from causalneg.generation.artifact import generated_artifact_dir
+
         directory = generated_artifact_dir(cfg, dataset)
         if not is_complete(directory):
             if not cfg.data.auto_generate:
@@ -91,6 +92,11 @@ def artifact_sources(cfg: DictConfig, dataset: RetrievalDataset, encoder: DualEn
         if not is_complete(directory):
             raise ConfigError(f"generation finished but left no complete artifact at {directory}")
         return directory
+
+    def load_generated(directory: Path) -> dict[str, list[Negative]]:
+        from causalneg.generation.artifact import load_generated as load
+
+        return load(directory)
 
     uses_mining = cfg.data.num_mined > 0 or cfg.data.get("mine_dev", True)
     return ArtifactSources(

@@ -91,7 +91,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with terminal_status(logger):
         dataset = load_dataset(cfg)
         encoder = build_encoder(cfg)
-        cache = EmbeddingCache(Path(str(cfg.paths.cache_dir)) / "embeddings") if cfg.eval.cache else None
+        cache = EmbeddingCache(Path(str(cfg.paths.cache_dir)) / "embeddings") if cfg.eval.cache_embeddings else None
         settings = data_settings(cfg)
         datamodule = RetrievalDataModule(dataset, encoder.tokenize, settings, artifact_sources(cfg, dataset, encoder))
 
@@ -113,6 +113,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         last = output_dir / "checkpoints" / "last.ckpt"
         resume = str(last) if cfg.get("resume", True) and last.is_file() else None
+        system.train()  # the start-of-run evaluation left the encoder in eval mode
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
 
         best = next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint)), "")

@@ -1,4 +1,4 @@
-"""Pure functions that compare training arms: aggregation over seeds, bootstrap intervals, paired tests, tables.
+"""Pure functions that compare training arms: aggregation over seeds, bootstrap intervals, paired tests.
 
 Inputs are :class:`RunRecord` objects (what one finished MLflow run holds; :mod:`causalneg.tracking.mlflow_io`
 reads them), so everything here runs on synthetic data without a tracking store.
@@ -41,7 +41,7 @@ class RunRecord:
 
 
 def per_query_key(metric: str) -> str | None:
-    """The per-query artifact key of a run metric (``"test/ndcg@10"`` → ``"ndcg@10"``), None if it has none."""
+    """The per-query artifact key of a metric (``"test/ndcg@10"`` → ``"ndcg@10"``); None if it has none."""
     return metric[len(PER_QUERY_PREFIX) :] if metric.startswith(PER_QUERY_PREFIX) else None
 
 
@@ -63,7 +63,7 @@ def per_query_frame(records: Iterable[RunRecord], metrics: Sequence[str]) -> pd.
 
 
 def pool_queries(per_query: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """[queries × arms] table of a metric: each query's value averaged over the arm's seeds (NaN if absent)."""
+    """[queries × arms] table of a metric: a query's value averaged over the arm's seeds (NaN if absent)."""
     rows = per_query[per_query["metric"] == metric]
     return rows.pivot_table(index="query_id", columns="arm", values="value", aggfunc="mean")
 
@@ -126,7 +126,11 @@ def paired_test(
 
 
 def summarize(
-    runs: pd.DataFrame, per_query: pd.DataFrame, metrics: Sequence[str], n_bootstrap: int = 1000, seed: int = 0
+    runs: pd.DataFrame,
+    per_query: pd.DataFrame,
+    metrics: Sequence[str],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Long table, one row per (arm, metric) for metrics logged by at least one run.
 
@@ -154,7 +158,7 @@ def summarize(
 def paired_tests(
     per_query: pd.DataFrame, metrics: Sequence[str], baseline_arm: str, n_bootstrap: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
-    """Each other arm against ``baseline_arm`` per metric with per-query values (rows as :func:`paired_test`)."""
+    """Every other arm against ``baseline_arm`` per metric with per-query values (see :func:`paired_test`)."""
     rows = []
     for metric in metrics:
         pooled = pool_queries(per_query, metric)
@@ -164,4 +168,4 @@ def paired_tests(
             result = paired_test(pooled[arm].to_numpy(), pooled[baseline_arm].to_numpy(), n_bootstrap, seed)
             rows.append({"arm": arm, "baseline": baseline_arm, "metric": metric, **result})
     columns = ["arm", "baseline", "metric", "n_queries", "mean_diff", "ci_low", "ci_high"]
-    return pd.DataFrame(rows, columns=columns + ["wilcoxon_stat", "p_value"])
+    return pd.DataFrame(rows, columns=[*columns, "wilcoxon_stat", "p_value"])

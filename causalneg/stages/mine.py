@@ -1,0 +1,58 @@
+"""stage=mine: mine hard negatives for the training split (and the dev split when ``data.mine_dev``) and write
+them as artifacts (causalneg.data.mining.artifact). An existing complete artifact with the same fingerprint is
+reused, so running the stage twice mines once.
+
+    python run.py stage=mine [mining=bm25|dense] [dataset=...] [data.max_train_queries=N]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from causalneg.artifacts import load_manifest
+from causalneg.config import check_required
+from causalneg.data.mining.artifact import ensure_mined
+from causalneg.models.encoder import DualEncoder
+from causalneg.stages.common import apply_runtime, build_encoder, load_dataset
+
+SHOWN = ("queries", "considered", "positive", "above_rank_max", "absolute_margin", "relative_margin", "kept")
+
+
+def _splits(cfg: DictConfig) -> list[str]:
+    """The mining split, then the dataset's dev split when the DataModule will want it (``data.mine_dev``)."""
+    splits = [str(cfg.mining.split)]
+    dev = OmegaConf.select(cfg, "dataset.dev_split")
+    if dev and OmegaConf.select(cfg, "data.mine_dev", default=True) and dev not in splits:
+        splits.append(str(dev))
+    return splits
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    check_required(cfg)
+    apply_runtime(cfg)
+    dataset = load_dataset(cfg)
+    encoder: DualEncoder | None = None
+
+    def factory() -> DualEncoder:
+        nonlocal encoder  # one encoder for both splits, built only if some split is actually mined
+        if encoder is None:
+            encoder = build_encoder(cfg)
+        return encoder
+
+    artifacts: dict[str, str] = {}
+    counts: dict[str, dict[str, Any]] = {}
+    for split in _splits(cfg):
+        split_cfg = cfg.copy()
+        with open_dict(split_cfg):
+            split_cfg.mining.split = split
+        directory = ensure_mined(split_cfg, dataset, encoder_factory=factory)
+        artifacts[split] = str(directory)
+        counts[split] = load_manifest(directory).counts
+    print(f"\n[causalneg] {cfg.mining.method} mining on {dataset.name}:")
+    for split, c in counts.items():
+        summary = ", ".join(f"{k}={c.get(k, 0)}" for k in SHOWN)
+        print(f"  {split}: {summary}; queries without candidates={c.get('queries_without_candidates', 0)}")
+        print(f"    -> {artifacts[split]}")
+    return {"artifacts": artifacts, "counts": counts}
