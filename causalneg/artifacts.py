@@ -82,7 +82,9 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"invalid JSON ({err.msg} at column {err.colno})", path=path, line=line_no) from None
+                raise DataError(
+                    f"invalid JSON ({err.msg} at column {err.colno})", path=path, line=line_no
+                ) from None
             if not isinstance(row, dict):
                 raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=line_no)
             yield row

@@ -24,7 +24,9 @@ def check_required(cfg: DictConfig) -> None:
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:
         keys = ", ".join(missing)
-        raise ConfigError(f"missing required config value(s): {keys} (set them on the command line, e.g. {missing[0]}=...)")
+        raise ConfigError(
+            f"missing required config value(s): {keys} (set them on the command line, e.g. {missing[0]}=...)"
+        )
 
 
 def to_container(node: Any) -> Any:

@@ -49,8 +49,10 @@ class Passage:
 
     @property
     def full_text(self) -> str:
-        """Title and text joined as BEIR models see them (``"title. text"``, or the text alone)."""
-        return f"{self.title}. {self.text}" if self.title else self.text
+        """Title and text joined as BEIR models see them (``"title. text"``, or whichever part is non-empty)."""
+        if self.title and self.text:
+            return f"{self.title}. {self.text}"
+        return self.title or self.text
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No example database: tests leave no files behind (hypothesis would write .hypothesis/ into the cwd).
+settings.register_profile("causalneg", database=None)
+settings.load_profile("causalneg")
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,7 +29,9 @@ CONF_DIR = REPO_ROOT / "conf"
 def shared_data_dir() -> Path:
     """../shared/data, or skip: a fresh clone elsewhere has no shared data sets."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data sets not found at {SHARED_DATA} (set CAUSALNEG_SHARED_DATA to their folder)")
+        pytest.skip(
+            f"shared data sets not found at {SHARED_DATA} (set CAUSALNEG_SHARED_DATA to their folder)"
+        )
     return SHARED_DATA
 
 

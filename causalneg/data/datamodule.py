@@ -172,4 +172,6 @@ class RetrievalDataModule(L.LightningDataModule):
         """Held-out groups at a fixed epoch (0), for the shortcut diagnostics callback."""
         if not self.diagnostic_pools:
             return None
-        return self._group_loader(self.diagnostic_pools, shuffle=False, batch_size=self.settings.eval_batch_size)
+        return self._group_loader(
+            self.diagnostic_pools, shuffle=False, batch_size=self.settings.eval_batch_size
+        )

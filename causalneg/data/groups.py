@@ -29,7 +29,9 @@ class GroupSpec:
         if min(self.num_mined, self.num_generated, self.num_random) < 0:
             raise ConfigError(f"negative counts must be >= 0, got {self}")
         if self.total == 0:
-            raise ConfigError("a training group needs at least one negative (data.num_mined/num_generated/num_random)")
+            raise ConfigError(
+                "a training group needs at least one negative (data.num_mined/num_generated/num_random)"
+            )
 
     @property
     def total(self) -> int:

@@ -13,8 +13,8 @@ Contract with the rest of the system:
   ``"neg_source"`` [B, K] long (NegativeSource values) and ``"neg_mask"`` [B, K] bool; it should iterate the
   same seeded sample every time so that values are comparable across steps.
 - ``pl_module.embed_batch(batch)`` returns ``{"query": [B, D], "positive": [B, D], "negatives": [B, K, D]}``.
-Only global rank zero computes, logs and writes; other ranks return at once (``embed_batch`` must therefore
-not run collectives, i.e. call the encoder directly, not through the DDP wrapper).
+Every rank embeds the groups (the same loader on each, so sharded models work); only global rank zero computes,
+logs and writes. ``embed_batch`` must call the encoder directly, not through the DDP wrapper.
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ class ShortcutDiagnostics(Callback):
         self.history: list[tuple[int, dict[str, float]]] = []
         self._validations = 0
         self._wrote_start = False
+        self._measured_start = False
         self._warned_empty = False
         self._last_report: ShortcutReport | None = None
 
@@ -150,10 +151,14 @@ class ShortcutDiagnostics(Callback):
     ) -> tuple[ShortcutReport, float] | None:
         """Embed the held-out groups, compute the report, record it in ``history``; returns (report, seconds).
 
-        None (with a one-time warning) when the datamodule has no diagnostic groups.
+        Every rank embeds (a sharded model, FSDP or ZeRO-3, needs all ranks in its forward); only global rank
+        zero computes the statistics. None on other ranks, and (with a one-time warning) when the datamodule
+        has no diagnostic groups.
         """
         start = time.perf_counter()
         arrays = collect_embeddings(getattr(trainer, "datamodule", None), pl_module, self.max_groups)
+        if not trainer.is_global_zero:
+            return None
         if arrays is None:
             if not self._warned_empty:
                 rank_zero_warn(
@@ -169,8 +174,9 @@ class ShortcutDiagnostics(Callback):
         return report, time.perf_counter() - start
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.at_train_start or not trainer.is_global_zero or self.history:
-            return  # history is non-empty when resuming: the start was measured by the first run
+        if not self.at_train_start or self._measured_start:
+            return  # already measured when resuming from a checkpoint
+        self._measured_start = True
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -189,7 +195,7 @@ class ShortcutDiagnostics(Callback):
         if trainer.sanity_checking:
             return
         self._validations += 1
-        if (self._validations - 1) % self.every_n_validations or not trainer.is_global_zero:
+        if (self._validations - 1) % self.every_n_validations:
             return
         start = time.perf_counter()
         measured = self.measure(trainer, pl_module)
@@ -241,9 +247,15 @@ class ShortcutDiagnostics(Callback):
                         logger.experiment.log_artifact(logger.run_id, str(path), artifact_path=ARTIFACT_DIR)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "validations": self._validations, "wrote_start": self._wrote_start}
+        return {
+            "history": self.history,
+            "validations": self._validations,
+            "wrote_start": self._wrote_start,
+            "measured_start": self._measured_start,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [(int(step), dict(m)) for step, m in state_dict.get("history", [])]
         self._validations = int(state_dict.get("validations", 0))
         self._wrote_start = bool(state_dict.get("wrote_start", False))
+        self._measured_start = bool(state_dict.get("measured_start", False))

@@ -46,6 +46,8 @@ class RequestStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.records: dict[str, dict[str, Any]] = self._load()
+        # What this process generated (not read back from the journal): requests, output tokens, seconds.
+        self.fresh = {"requests": 0, "output_tokens": 0, "seconds": 0.0}
 
     def _load(self) -> dict[str, dict[str, Any]]:
         records: dict[str, dict[str, Any]] = {}
@@ -133,6 +135,9 @@ class RequestStore:
                 self.append(finished)
                 tokens += sum(o.output_tokens for o in outputs)
                 seconds += elapsed
+                self.fresh["requests"] += len(chunk)
+                self.fresh["output_tokens"] += sum(o.output_tokens for o in outputs)
+                self.fresh["seconds"] += elapsed
                 bar.update(len(chunk))
                 bar.set_postfix(tok_s=f"{tokens / max(seconds, 1e-9):.1f}")
         finally:

@@ -25,7 +25,9 @@ def apply_runtime(cfg: DictConfig) -> None:
     runtime = cfg.get("runtime") or {}
     if runtime.get("num_threads"):
         torch.set_num_threads(int(runtime.num_threads))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true" if runtime.get("tokenizers_parallelism") else "false")
+    os.environ.setdefault(
+        "TOKENIZERS_PARALLELISM", "true" if runtime.get("tokenizers_parallelism") else "false"
+    )
 
 
 def load_dataset(cfg: DictConfig) -> RetrievalDataset:
@@ -63,15 +65,21 @@ def _run_py_path() -> Path:
 def generate_in_child_process(cfg: DictConfig) -> None:
     """Run ``python run.py stage=generate <this job's overrides>`` and wait; vLLM never lives in this process."""
     if not HydraConfig.initialized():
-        raise ConfigError("the generated-negatives artifact is missing; run `python run.py stage=generate ...` first")
+        raise ConfigError(
+            "the generated-negatives artifact is missing; run `python run.py stage=generate ...` first"
+        )
     command = [sys.executable, str(_run_py_path()), "stage=generate", *_job_overrides()]
     print(f"[causalneg] generating negatives in a child process: {' '.join(command)}", flush=True)
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
-        raise ConfigError(f"generation child process failed with exit code {completed.returncode}: {' '.join(command)}")
+        raise ConfigError(
+            f"generation child process failed with exit code {completed.returncode}: {' '.join(command)}"
+        )
 
 
-def artifact_sources(cfg: DictConfig, dataset: RetrievalDataset, encoder: DualEncoder | None) -> ArtifactSources:
+def artifact_sources(
+    cfg: DictConfig, dataset: RetrievalDataset, encoder: DualEncoder | None
+) -> ArtifactSources:
     """Mining (in-process, cheap) and generation (child process) providers for the DataModule."""
     from causalneg.data.mining.artifact import ensure_mined, load_mined
 

@@ -36,7 +36,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with terminal_status(logger):
         dataset = load_dataset(cfg)
         encoder = build_encoder(cfg)
-        system = RetrieverSystem(encoder, build_objective(cfg.loss, cfg.get("regularizer")), torch.optim.AdamW)
+        system = RetrieverSystem(
+            encoder, build_objective(cfg.loss, cfg.get("regularizer")), torch.optim.AdamW
+        )
         checkpoint = (cfg.get("diagnose") or {}).get("checkpoint")
         if checkpoint:
             if not Path(str(checkpoint)).is_file():
@@ -44,19 +46,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)["state_dict"]
             system.load_state_dict(state)
         system.eval()
-        datamodule = RetrievalDataModule(dataset, encoder.tokenize, data_settings(cfg), artifact_sources(cfg, dataset, encoder))
+        datamodule = RetrievalDataModule(
+            dataset, encoder.tokenize, data_settings(cfg), artifact_sources(cfg, dataset, encoder)
+        )
         datamodule.prepare_data()
         datamodule.setup("fit")
         callback_cfg = diag_cfg.callback
         embeddings = collect_embeddings(datamodule, system, int(callback_cfg.max_groups))
+        if embeddings is None:
+            raise ConfigError(
+                "diagnose: no held-out groups to measure (data.diagnostics_groups=0, or too few training queries)"
+            )
         report = shortcut_diagnostics(
             **embeddings,
             temperature_ent=float(callback_cfg.temperature_ent),
             n_permutations=int(callback_cfg.n_permutations),
             seed=int(callback_cfg.seed),
         )
-        atomic_write_json(output_dir / "diagnostics.json", {"metrics": report.metrics, "skipped": report.skipped})
-        figure = save_figure(source_histograms(report, title=f"{cfg.arm} on {dataset.name}"), output_dir / "histograms.png")
+        atomic_write_json(
+            output_dir / "diagnostics.json", {"metrics": report.metrics, "skipped": report.skipped}
+        )
+        figure = save_figure(
+            source_histograms(report, title=f"{cfg.arm} on {dataset.name}"), output_dir / "histograms.png"
+        )
         log_metrics(logger, {f"diag/{k}": v for k, v in report.metrics.items()})
         log_file(logger, output_dir / "diagnostics.json", "diagnostics")
         log_file(logger, figure, "diagnostics")

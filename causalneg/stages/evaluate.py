@@ -26,7 +26,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with terminal_status(logger):
         dataset = load_dataset(cfg)
         encoder = build_encoder(cfg)
-        cache = EmbeddingCache(Path(str(cfg.paths.cache_dir)) / "embeddings") if cfg.eval.cache_embeddings else None
+        cache = (
+            EmbeddingCache(Path(str(cfg.paths.cache_dir)) / "embeddings")
+            if cfg.eval.cache_embeddings
+            else None
+        )
         result = evaluate_retrieval(
             encoder,
             dataset,

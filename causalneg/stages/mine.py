@@ -7,15 +7,19 @@ reused, so running the stage twice mines once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from causalneg.artifacts import load_manifest
 from causalneg.config import check_required
 from causalneg.data.mining.artifact import ensure_mined
-from causalneg.models.encoder import DualEncoder
-from causalneg.stages.common import apply_runtime, build_encoder, load_dataset
+from causalneg.errors import ConfigError
+from causalneg.records import RetrievalDataset
+
+if TYPE_CHECKING:
+    from causalneg.models.encoder import DualEncoder
 
 SHOWN = ("queries", "considered", "positive", "above_rank_max", "absolute_margin", "relative_margin", "kept")
 
@@ -29,13 +33,26 @@ def _splits(cfg: DictConfig) -> list[str]:
     return splits
 
 
+def _load_dataset(cfg: DictConfig) -> RetrievalDataset:
+    dataset = instantiate(cfg.dataset)
+    if not isinstance(dataset, RetrievalDataset):
+        raise ConfigError(f"dataset._target_ must return a RetrievalDataset, got {type(dataset).__name__}")
+    return dataset
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_required(cfg)
-    apply_runtime(cfg)
-    dataset = load_dataset(cfg)
+    # BM25 needs neither torch threads nor transformers: import them (seconds) only for dense mining.
+    if str(cfg.mining.method) == "dense":
+        from causalneg.stages.common import apply_runtime
+
+        apply_runtime(cfg)
+    dataset = _load_dataset(cfg)
     encoder: DualEncoder | None = None
 
     def factory() -> DualEncoder:
+        from causalneg.stages.common import build_encoder
+
         nonlocal encoder  # one encoder for both splits, built only if some split is actually mined
         if encoder is None:
             encoder = build_encoder(cfg)

@@ -28,7 +28,11 @@ REPORTED = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 
 def data_settings(cfg: DictConfig) -> DataSettings:
     d = cfg.data
-    source = NegativeSource.parse(str(cfg.generation.get("source", "generated"))) if cfg.get("generation") else None
+    source = (
+        NegativeSource.parse(str(cfg.generation.get("source", "generated")))
+        if cfg.get("generation")
+        else None
+    )
     spec = GroupSpec(
         num_mined=int(d.num_mined),
         num_generated=int(d.num_generated),
@@ -66,7 +70,9 @@ def evaluate_test(
 
 
 def build_callbacks(cfg: DictConfig, output_dir: Path, has_dev: bool) -> list[Callback]:
-    callbacks: list[Callback] = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks: list[Callback] = [
+        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None
+    ]
     callbacks.append(
         ModelCheckpoint(
             dirpath=output_dir / "checkpoints",
@@ -91,9 +97,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with terminal_status(logger):
         dataset = load_dataset(cfg)
         encoder = build_encoder(cfg)
-        cache = EmbeddingCache(Path(str(cfg.paths.cache_dir)) / "embeddings") if cfg.eval.cache_embeddings else None
+        cache = (
+            EmbeddingCache(Path(str(cfg.paths.cache_dir)) / "embeddings")
+            if cfg.eval.cache_embeddings
+            else None
+        )
         settings = data_settings(cfg)
-        datamodule = RetrievalDataModule(dataset, encoder.tokenize, settings, artifact_sources(cfg, dataset, encoder))
+        datamodule = RetrievalDataModule(
+            dataset, encoder.tokenize, settings, artifact_sources(cfg, dataset, encoder)
+        )
 
         start = evaluate_test(encoder, dataset, cfg, cache)
         log_metrics(logger, {f"test_start/{k}": v for k, v in start.metrics.items()}, step=0)

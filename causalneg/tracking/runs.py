@@ -17,16 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from causalneg.config import flatten
 from causalneg.errors import ConfigError
-
-
-def mlflow_metric_name(name: str) -> str:
-    """MLflow forbids '@' in metric names: ``test/ndcg@10`` is stored as ``test/ndcg_at_10``."""
-    return name.replace("@", "_at_")
-
-
-def metric_name_from_mlflow(name: str) -> str:
-    """Inverse of :func:`mlflow_metric_name`."""
-    return name.replace("_at_", "@")
+from causalneg.tracking.names import mlflow_metric_name
 
 
 class RunLogger(MLFlowLogger):
@@ -50,11 +41,26 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
+def artifact_location(log_cfg: DictConfig) -> str | None:
+    """Artifacts of a new experiment go beside a SQLite store (MLflow's default is ./mlruns in the cwd)."""
+    if log_cfg.get("artifact_location"):
+        return str(log_cfg.artifact_location)
+    uri = str(log_cfg.tracking_uri)
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts")
+    return None
+
+
 def build_mlflow_logger(cfg: DictConfig) -> RunLogger:
     """An MLFlowLogger for this run, tagged with arm, seed and dataset, holding the resolved config."""
     log_cfg = cfg.logger
     check_tracking_uri(str(log_cfg.tracking_uri))
-    tags = {"arm": str(cfg.arm), "seed": str(cfg.seed), "dataset": str(cfg.dataset.name), "stage": str(cfg.stage)}
+    tags = {
+        "arm": str(cfg.arm),
+        "seed": str(cfg.seed),
+        "dataset": str(cfg.dataset.name),
+        "stage": str(cfg.stage),
+    }
     tags.update({str(k): str(v) for k, v in (log_cfg.get("tags") or {}).items()})
     logger = RunLogger(
         experiment_name=str(log_cfg.experiment_name),
@@ -62,6 +68,7 @@ def build_mlflow_logger(cfg: DictConfig) -> RunLogger:
         run_name=str(log_cfg.run_name),
         tags=tags,
         log_model=False,
+        artifact_location=artifact_location(log_cfg),
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)

@@ -2,6 +2,12 @@
 
 The encoder (nn.Module) and the objective (nn.Module: InfoNCE + regularizers) are built elsewhere and
 passed in; this class only moves batches through them, logs, and validates on a fixed dev sub-corpus.
+
+Throughput (measured by experiments/bench_throughput.py): a training batch's documents (positives and
+negatives together) are encoded once per distinct text, sorted by length and cut into chunks of at most
+``train_chunk_tokens`` padded positions, each trimmed to its own longest text (:func:`encode_bucketed`), so
+almost no compute goes to padding; and attention-probability dropout is off by default, which lets PyTorch's
+SDPA use its fused CPU kernel instead of the much slower dropout path (hidden dropout is unchanged).
 """
 
 from __future__ import annotations
@@ -53,7 +59,9 @@ class RetrieverSystem(L.LightningModule):
         b, k = batch["neg_index"].shape
         if "negative_input_ids" not in batch:
             return {"query": q, "positive": p, "negatives": q.new_zeros(b, k, q.shape[-1])}
-        flat = self.encoder.encode(batch["negative_input_ids"], batch["negative_attention_mask"], "doc")  # [M,D]
+        flat = self.encoder.encode(
+            batch["negative_input_ids"], batch["negative_attention_mask"], "doc"
+        )  # [M,D]
         index = batch["neg_index"].clamp(min=0)  # [B,K]
         n = flat[index.view(-1)].view(b, k, -1) * batch["neg_mask"].unsqueeze(-1).to(flat.dtype)
         return {"query": q, "positive": p, "negatives": n}
@@ -87,7 +95,11 @@ class RetrieverSystem(L.LightningModule):
         self._dev_doc_ids = list(datamodule.dev_corpus_ids)
         texts = [corpus[pid].full_text for pid in self._dev_doc_ids]
         self._dev_doc_emb = encode_texts(
-            self.encoder, texts, "doc", batch_size=self.eval_batch_size, precision=self.eval_precision,
+            self.encoder,
+            texts,
+            "doc",
+            batch_size=self.eval_batch_size,
+            precision=self.eval_precision,
             progress=False,
         ).to(self.device)
 
@@ -106,7 +118,9 @@ class RetrieverSystem(L.LightningModule):
         aggregate, _ = evaluate_run(qrels, run, k_values=(10, 100))
         size = len(batch["query_ids"])
         for name in VAL_METRICS:
-            self.log(f"val/{name}", aggregate[name], batch_size=size, prog_bar=name == "ndcg@10", sync_dist=True)
+            self.log(
+                f"val/{name}", aggregate[name], batch_size=size, prog_bar=name == "ndcg@10", sync_dist=True
+            )
 
     def on_validation_epoch_end(self) -> None:
         self._dev_doc_emb = None

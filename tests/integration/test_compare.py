@@ -165,6 +165,12 @@ def test_paired_tests_and_markdown() -> None:
 # -- MLflow store end to end ---------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One store for this module (creating an MLflow SQLite schema takes seconds)."""
+    return make_store(tmp_path_factory.mktemp("mlflow"))
+
+
 def compare_config(tmp_path: Path, uri: str) -> DictConfig:
     """The compare group from conf/compare/default.yaml under the keys the stage relies on."""
     group = OmegaConf.load(REPO_ROOT / "conf" / "compare" / "default.yaml")
@@ -179,11 +185,10 @@ def compare_config(tmp_path: Path, uri: str) -> DictConfig:
     return cfg
 
 
-def test_load_runs_skips_unfinished_untagged_and_summary_runs(tmp_path: Path) -> None:
+def test_load_runs_skips_unfinished_untagged_and_summary_runs(store: str) -> None:
     from causalneg.tracking.mlflow_io import load_experiment_runs
 
-    uri = make_store(tmp_path)
-    records, notes = load_experiment_runs(uri, "ablation")
+    records, notes = load_experiment_runs(store, "ablation")
     assert sorted((r.arm, r.seed) for r in records) == [
         ("causalneg", "0"),
         ("causalneg", "1"),
@@ -200,11 +205,11 @@ def test_load_runs_skips_unfinished_untagged_and_summary_runs(tmp_path: Path) ->
     assert any("no 'arm' tag" in note for note in notes)
 
 
-def test_compare_stage_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_stage_end_to_end(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from causalneg.errors import ConfigError
     from causalneg.stages.compare import run
 
-    uri = make_store(tmp_path)
+    uri = store
     cfg = compare_config(tmp_path, uri)
     assert cfg.compare.experiment == "ablation"  # ${logger.experiment_name}
     result = run(cfg)
@@ -244,9 +249,9 @@ def test_compare_stage_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
         run(cfg)
 
 
-def test_metric_names_round_trip_like_the_train_stage_logger() -> None:
-    from causalneg.tracking import names, runs
+def test_metric_names_round_trip() -> None:
+    from causalneg.tracking.names import metric_name_from_mlflow
 
+    assert mlflow_metric_name("test/ndcg@10") == "test/ndcg_at_10"
     for name in ("test/ndcg@10", "test/recall@100", "diag/mi_knn"):
-        assert names.mlflow_metric_name(name) == runs.mlflow_metric_name(name)
-        assert names.metric_name_from_mlflow(names.mlflow_metric_name(name)) == name
+        assert metric_name_from_mlflow(mlflow_metric_name(name)) == name

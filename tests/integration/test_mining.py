@@ -246,6 +246,10 @@ def test_mining_an_unknown_method_or_split_fails_clearly(tmp_path: Path, tiny_be
     with pytest.raises(ConfigError, match=r"mining\.method"):
         ensure_mined(cfg, ds)
     cfg = build_cfg(tmp_path, tiny_beir)
+    cfg.mining.bm25.k3 = 1.0
+    with pytest.raises(ConfigError, match=r"mining\.bm25: .*k3"):
+        ensure_mined(cfg, ds)
+    cfg = build_cfg(tmp_path, tiny_beir)
     cfg.mining.split = "validation"
     with pytest.raises(ConfigError, match=r"mining\.split='validation'"):
         ensure_mined(cfg, ds)
@@ -264,3 +268,13 @@ def test_semanlink_embedded_default_counts_and_bm25() -> None:
     assert not set(ds.split("train").queries) & (set(ds.split("test").queries) | set(ds.split("dev").queries))
     metrics, _ = evaluate_run(ds.split("test").qrels, bm25_run(ds, "test", k=100), k_values=(10,))
     assert metrics["ndcg@10"] == pytest.approx(0.378, abs=0.01)  # ENVIRONMENT.md: "about 0.29" (plainer BM25)
+
+
+def test_mining_is_deterministic(tmp_path: Path, tiny_beir: Path) -> None:
+    ds = load_beir(tiny_beir, name="tiny", dev_split="dev")
+    first = ensure_mined(build_cfg(tmp_path / "a", tiny_beir), ds)
+    second = ensure_mined(
+        build_cfg(tmp_path / "b", tiny_beir), load_beir(tiny_beir, name="tiny", dev_split="dev")
+    )
+    assert first.name == second.name
+    assert (first / "rows.jsonl").read_bytes() == (second / "rows.jsonl").read_bytes()

@@ -14,7 +14,9 @@ from tests.conftest import tiny_overrides
 pytestmark = pytest.mark.integration
 
 
-def test_train_improves_tiny_encoder_and_tracks_everything(tmp_path: Path, tiny_beir: Path, compose_cfg) -> None:
+def test_train_improves_tiny_encoder_and_tracks_everything(
+    tmp_path: Path, tiny_beir: Path, compose_cfg
+) -> None:
     overrides = [
         *tiny_overrides(tmp_path, tiny_beir),
         "optim.optimizer.lr=3e-3",
@@ -52,6 +54,6 @@ def test_missing_required_value_fails_before_any_work(tmp_path: Path, compose_cf
     from causalneg.errors import ConfigError
 
     cfg = compose_cfg([f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run", "dataset=beir"])
-    with pytest.raises(ConfigError, match="dataset.path"):
+    with pytest.raises(ConfigError, match=r"dataset\.path"):
         dispatch(cfg)
     assert not (tmp_path / "mlruns").exists()

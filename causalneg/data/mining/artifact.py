@@ -90,7 +90,9 @@ def filter_config(mining: dict[str, Any]) -> FilterConfig:
 def mining_query_ids(cfg: DictConfig, dataset: RetrievalDataset, split: str) -> list[str]:
     """The queries of ``split`` that get mined (module docstring)."""
     if split not in dataset.splits:
-        raise ConfigError(f"mining.split={split!r} is not a split of '{dataset.name}' ({sorted(dataset.splits)})")
+        raise ConfigError(
+            f"mining.split={split!r} is not a split of '{dataset.name}' ({sorted(dataset.splits)})"
+        )
     seed = OmegaConf.select(cfg, "data.selection_seed", default=cfg.get("seed", 0))
     limit = None
     if split == OmegaConf.select(cfg, "dataset.train_split"):
@@ -118,10 +120,21 @@ def mining_manifest(cfg: DictConfig, dataset: RetrievalDataset) -> tuple[Manifes
     return Manifest.build(KIND, inputs, mining), query_ids
 
 
-def mined_artifact_dir(cfg: DictConfig, dataset: RetrievalDataset) -> Path:
-    manifest, _ = mining_manifest(cfg, dataset)
+def _directory(cfg: DictConfig, dataset: RetrievalDataset, manifest: Manifest) -> Path:
     root = Path(str(cfg.paths.artifacts_dir))
     return root / dataset.name / KIND / f"{manifest.config['method']}-{manifest.fingerprint[:12]}"
+
+
+def mined_artifact_dir(cfg: DictConfig, dataset: RetrievalDataset) -> Path:
+    """Where the mined artifact of ``cfg`` on ``dataset`` lives (whether or not it exists yet)."""
+    return _directory(cfg, dataset, mining_manifest(cfg, dataset)[0])
+
+
+def bm25_options(mining: dict[str, Any]) -> BM25Options:
+    try:
+        return BM25Options(**(mining.get("bm25") or {}))
+    except TypeError as err:
+        raise ConfigError(f"mining.bm25: {err}") from None
 
 
 def _retrieve(
@@ -133,7 +146,7 @@ def _retrieve(
     mining = _container(cfg.mining)
     split, top_k = str(mining["split"]), int(mining.get("top_k", 100))
     if mining["method"] == "bm25":
-        return mine_bm25(dataset, split, query_ids, top_k, BM25Options(**(mining.get("bm25") or {})))
+        return mine_bm25(dataset, split, query_ids, top_k, bm25_options(mining))
     from causalneg.data.mining.dense import mine_dense
     from causalneg.evaluation.embedding_cache import EmbeddingCache
 
@@ -193,7 +206,7 @@ def ensure_mined(
     (built only when mining actually runs).
     """
     manifest, query_ids = mining_manifest(cfg, dataset)
-    directory = mined_artifact_dir(cfg, dataset)
+    directory = _directory(cfg, dataset, manifest)
     if is_complete(directory) and load_manifest(directory).fingerprint == manifest.fingerprint:
         return directory
 

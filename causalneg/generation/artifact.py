@@ -1,0 +1,176 @@
+"""The generated-negatives artifact: ``${paths.artifacts_dir}/<dataset>/generated/<method>-<fingerprint[:12]>/``.
+
+Files (written complete or not at all: a temporary sibling folder renamed into place)::
+
+    rows.jsonl            {"query_id", "positive_id", "negatives": [{"text", "source": "generated" | "naive_generated",
+                           "node_id", "strategy_id", "strategy_type", "origin", "break_explanation",  (causalneg only)
+                           "request_key", "attempt", "seed", "temperature"}]}  one row per selected query
+    rejected.jsonl        {"query_id", "positive_id", "stage", "attempt", "request_key", "reason", "detail",
+                           "text"/"item" (negative-level), "raw" (the request's raw output)}
+    decompositions.jsonl  {"query_id", "request_key", "attempt", "decomposition": {...}}  (causalneg only)
+    manifest.json         fingerprint, inputs, config and counts (validity rate, rejections per reason, tokens/s)
+
+``origin`` is the model's own ``source`` field (rewritten_candidate | generated_from_scratch), renamed so that
+``source`` is always the :class:`~causalneg.records.NegativeSource` name.
+
+**Fingerprint** = hash of (dataset name and fingerprint, split, selected query ids, the mined artifact's
+fingerprint when candidates are shown, template version, schema hashes, generator model id, and the
+``generation`` config without the keys that do not change results: ``preview``, ``flush_every``,
+``progress`` and the backend's throughput options in :data:`THROUGHPUT_KEYS`), plus the encoder config when
+the similarity filter is on. :func:`generated_artifact_dir` computes it from the config and the dataset alone:
+no model is loaded or prepared.
+
+The request journal (:mod:`causalneg.generation.store`) lives beside the artifacts, one per (dataset, model):
+``<dataset>/generated/journal/<model>.jsonl``; requests are content-addressed, so artifacts that differ only
+in their selection or filters share every finished request.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from causalneg.artifacts import ROWS_FILE, Manifest, fingerprint, load_manifest
+from causalneg.data.readers import check_string, iter_json_objects
+from causalneg.data.selection import select_query_ids
+from causalneg.errors import ConfigError, DataError
+from causalneg.generation.generator_models import BUILTIN_GENERATORS
+from causalneg.generation.prompting import template_version
+from causalneg.generation.schemas import Decomposition, naive_schema, perturbation_schema, schema_hash
+from causalneg.records import Negative, NegativeSource, RetrievalDataset
+
+KIND = "generated"
+RUNTIME_KEYS = ("preview", "flush_every", "progress")
+THROUGHPUT_KEYS = frozenset(
+    {
+        "batch_size", "device", "concurrency", "timeout_s", "request_timeout_s", "max_retries", "retry_backoff_s",
+        "backoff_s", "num_threads", "api_key_env", "base_url", "tensor_parallel_size", "pipeline_parallel_size",
+        "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "enforce_eager", "kv_cache_gib",
+        "swap_space", "distributed_executor_backend", "cache_dir",
+    }
+)  # fmt: skip
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _drop(value: Any, keys: frozenset[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop(v, keys) for k, v in value.items() if k not in keys}
+    return value
+
+
+def generator_model_id(model_cfg: Any) -> str:
+    """The generator's id in cache keys, without preparing it (builtin id, resolved local folder or hub id)."""
+    model = _plain(model_cfg) or {}
+    location = str(model.get("path") or model.get("name") or "")
+    if location in BUILTIN_GENERATORS:
+        return BUILTIN_GENERATORS[location].model_id
+    if not location or location == "hf":
+        raise ConfigError("generation.model.path must name a local HF folder or a hub id (generation/model=hf)")
+    folder = Path(location).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else location
+
+
+def backend_signature(generation_cfg: Any) -> str:
+    """Backend name and the options that change outputs (throughput options removed), as a short hash."""
+    backend = _drop(_plain(generation_cfg.backend) or {}, THROUGHPUT_KEYS)
+    return f"{backend.get('name', '?')}-{fingerprint(backend)[:12]}"
+
+
+def generation_split(cfg: DictConfig) -> str:
+    return str(cfg.generation.get("split") or cfg.dataset.train_split)
+
+
+def generation_query_ids(cfg: DictConfig, dataset: RetrievalDataset) -> list[str]:
+    """Selected training queries: ``generation.limit`` or ``data.max_train_queries``, seeded by ``data.selection_seed``."""
+    limit = cfg.generation.get("limit") or OmegaConf.select(cfg, "data.max_train_queries", default=None)
+    seed = int(OmegaConf.select(cfg, "data.selection_seed", default=0))
+    return select_query_ids(dataset.split(generation_split(cfg)), limit, seed)
+
+
+def uses_candidates(cfg: DictConfig) -> bool:
+    return int(cfg.generation.get("num_candidates") or 0) > 0 and cfg.get("mining") is not None
+
+
+def mining_cfg(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``mining.split`` set to the generation split (candidates come from that split's mining)."""
+    copy = cfg.copy()
+    with open_dict(copy):
+        copy.mining.split = generation_split(cfg)
+    return copy
+
+
+def schema_hashes(num_negatives: int) -> dict[str, str]:
+    return {
+        "decompose": schema_hash(Decomposition),
+        "perturb": schema_hash(perturbation_schema(num_negatives)),
+        "naive": schema_hash(naive_schema(num_negatives)),
+    }
+
+
+def generation_manifest(cfg: DictConfig, dataset: RetrievalDataset) -> Manifest:
+    """The manifest (without counts) identifying this generation run; cheap (no model, no mining)."""
+    generation = _plain(cfg.generation)
+    config = {k: v for k, v in generation.items() if k not in RUNTIME_KEYS and k not in ("model", "backend")}
+    inputs: dict[str, Any] = {
+        "dataset": dataset.name,
+        "dataset_fingerprint": dataset.fingerprint,
+        "split": generation_split(cfg),
+        "query_ids": fingerprint(generation_query_ids(cfg, dataset)),
+        "template_version": template_version(),
+        "schemas": schema_hashes(int(generation.get("num_negatives", 3))),
+        "model_id": generator_model_id(cfg.generation.model),
+        "backend": backend_signature(cfg.generation),
+    }
+    if uses_candidates(cfg):
+        from causalneg.data.mining.artifact import mining_manifest
+
+        inputs["mined"] = mining_manifest(mining_cfg(cfg), dataset)[0].fingerprint
+    if (generation.get("filters") or {}).get("max_positive_similarity") is not None:
+        inputs["encoder"] = _plain(cfg.get("model"))
+    return Manifest.build(KIND, inputs, config)
+
+
+def generated_artifact_dir(cfg: DictConfig, dataset: RetrievalDataset) -> Path:
+    """Where the generated artifact for ``cfg`` lives (complete or not); loads no model."""
+    manifest = generation_manifest(cfg, dataset)
+    method = str(cfg.generation.get("method", "causalneg"))
+    return Path(str(cfg.paths.artifacts_dir)) / dataset.name / KIND / f"{method}-{manifest.fingerprint[:12]}"
+
+
+def journal_path(cfg: DictConfig, dataset: RetrievalDataset) -> Path:
+    model_id = generator_model_id(cfg.generation.model)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id.strip("/"))[-60:]
+    name = f"{slug}-{fingerprint(model_id)[:8]}.jsonl"
+    return Path(str(cfg.paths.artifacts_dir)) / dataset.name / KIND / "journal" / name
+
+
+def load_generated(directory: str | Path) -> dict[str, list[Negative]]:
+    """``{query_id: [Negative(text, source, meta=provenance), ...]}`` from a complete artifact folder."""
+    load_manifest(directory)  # raises DataError when incomplete
+    path = Path(directory) / ROWS_FILE
+    generated: dict[str, list[Negative]] = {}
+    for line, row in iter_json_objects(path, "generated negatives (rows.jsonl)"):
+        qid = check_string(row.get("query_id"), path, line, "query_id", allow_empty=False)
+        items = row.get("negatives")
+        if not isinstance(items, list):
+            raise DataError("expected a list", path=path, line=line, field="negatives")
+        negatives = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise DataError("expected an object", path=path, line=line, field="negatives")
+            text = check_string(item.get("text"), path, line, "negatives.text", allow_empty=False)
+            try:
+                source = NegativeSource.parse(item.get("source", "generated"))
+            except ValueError as err:
+                raise DataError(str(err), path=path, line=line, field="negatives.source") from None
+            meta = {k: v for k, v in item.items() if k not in ("text", "source")}
+            meta["positive_id"] = row.get("positive_id")
+            negatives.append(Negative(text=text, source=source, meta=meta))
+        generated[qid] = negatives
+    return generated

