@@ -36,6 +36,14 @@ def to_container(node: Any) -> Any:
     return node
 
 
+def plain_dict(node: Any) -> dict[str, Any]:
+    """A resolved ``dict[str, Any]`` copy of a DictConfig (or mapping)."""
+    container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    if not isinstance(container, dict):
+        raise ConfigError(f"expected a mapping, got {type(container).__name__}")
+    return {str(k): v for k, v in container.items()}
+
+
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}} -> {"a.b": 1}`` (for MLflow params)."""
     flat: dict[str, Any] = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -23,7 +23,8 @@ from causalneg.artifacts import fingerprint
 from causalneg.data.groups import GroupSpec, QueryPool, sample_group
 from causalneg.records import NegativeSource, Passage, TrainingGroup
 
-Tokenize = Callable[[list[str], str], Any]  # (texts, side) -> BatchEncoding with input_ids / attention_mask
+Side = Literal["query", "doc"]
+Tokenize = Callable[[Sequence[str], Side], Any]  # (texts, side) -> BatchEncoding with input_ids / attention_mask
 
 
 def _dist_rank_world() -> tuple[int, int]:

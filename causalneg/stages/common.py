@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from causalneg.artifacts import is_complete
+from causalneg.config import plain_dict
 from causalneg.data.datamodule import ArtifactSources
 from causalneg.errors import ConfigError
 from causalneg.models.encoder import DualEncoder
@@ -22,9 +23,9 @@ from causalneg.records import Negative, RetrievalDataset
 
 def apply_runtime(cfg: DictConfig) -> None:
     """Thread settings: torch intra-op threads (null = all cores) and tokenizer parallelism."""
-    runtime = cfg.get("runtime") or {}
+    runtime = plain_dict(cfg.get("runtime") or {})
     if runtime.get("num_threads"):
-        torch.set_num_threads(int(runtime.num_threads))
+        torch.set_num_threads(int(runtime["num_threads"]))
     os.environ.setdefault(
         "TOKENIZERS_PARALLELISM", "true" if runtime.get("tokenizers_parallelism") else "false"
     )
@@ -38,9 +39,7 @@ def load_dataset(cfg: DictConfig) -> RetrievalDataset:
 
 
 def build_encoder(cfg: DictConfig) -> DualEncoder:
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(model_cfg, dict)
-    return DualEncoder.from_config(model_cfg, cache_dir=str(cfg.paths.cache_dir))
+    return DualEncoder.from_config(plain_dict(cfg.model), cache_dir=str(cfg.paths.cache_dir))
 
 
 def _with_split(cfg: DictConfig, split: str) -> DictConfig:
@@ -116,6 +115,4 @@ def artifact_sources(
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    return container
+    return plain_dict(cfg)

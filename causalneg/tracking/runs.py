@@ -15,7 +15,7 @@ from typing import Any
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
-from causalneg.config import flatten
+from causalneg.config import flatten, plain_dict
 from causalneg.errors import ConfigError
 from causalneg.tracking.names import mlflow_metric_name
 
@@ -70,9 +70,7 @@ def build_mlflow_logger(cfg: DictConfig) -> RunLogger:
         log_model=False,
         artifact_location=artifact_location(log_cfg),
     )
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict)
-    params = {k: v for k, v in flatten(resolved).items() if not k.startswith("hydra")}
+    params = {k: v for k, v in flatten(plain_dict(cfg)).items() if not k.startswith("hydra")}
     logger.log_hyperparams({k: str(v)[:500] for k, v in params.items()})
     log_text(logger, OmegaConf.to_yaml(cfg, resolve=True), "config/run.yaml")
     return logger

@@ -26,7 +26,7 @@ from causalneg.errors import ConfigError
 from causalneg.generation.backends.base import GenerationRequest, SamplingConfig
 from causalneg.generation.backends.openai_backend import OpenAIBackend, backoff_delay
 from causalneg.generation.schemas import naive_schema
-from tests.integration.vllm_support import openai_server, require_vllm
+from tests.integration.vllm_support import openai_server, prepare_smollm2, require_vllm
 
 pytestmark = pytest.mark.integration
 
@@ -247,6 +247,26 @@ def test_bad_options_name_the_key() -> None:
         OpenAIBackend("m", base_url="localhost:8000")
 
 
+def test_yaml_lists_every_option_with_its_default() -> None:
+    import dataclasses
+
+    import yaml
+
+    from causalneg.generation.backends.openai_backend import OpenAIOptions
+
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "conf/generation/backend/openai.yaml").read_text())
+    assert cfg.pop("name") == "openai"
+    defaults = {f.name: f.default for f in dataclasses.fields(OpenAIOptions) if f.name != "extra_body"}
+    assert cfg == {**defaults, "extra_body": {}}
+
+
+def test_served_model_name_overrides_model_path(stub: _Stub) -> None:
+    backend = _backend(stub, served_model_name="served")
+    backend.generate(_requests("ok:a"), Answer, SAMPLING)
+    backend.close()
+    assert stub.bodies[0]["model"] == "served" and backend.model_id == "stub-model"
+
+
 def test_empty_batch(stub: _Stub) -> None:
     backend = _backend(stub)
     assert backend.generate([], Answer, SAMPLING) == []
@@ -257,12 +277,7 @@ def test_empty_batch(stub: _Stub) -> None:
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """vLLM's OpenAI server over SmolLM2 (prepared into the session's generator cache), started once."""
     require_vllm()
-    from causalneg.generation.generator_models import MissingGeneratorPackage, prepare_generator
-
-    try:
-        model_dir = prepare_generator("smollm2", tmp_path_factory.getbasetemp() / "generator-cache")
-    except MissingGeneratorPackage as exc:
-        pytest.skip(str(exc))
+    model_dir = prepare_smollm2(tmp_path_factory.getbasetemp() / "generator-cache")
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     with openai_server(model_dir, log) as base_url:
         yield base_url, model_dir

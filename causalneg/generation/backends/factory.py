@@ -56,7 +56,9 @@ def build_backend(generation_cfg: Any) -> GenerationBackend:
         raise
     backend_cls = getattr(module, class_name)
     try:
-        backend: GenerationBackend = backend_cls(model_path=ref.location, model_id=ref.model_id, **backend_cfg)
+        backend: GenerationBackend = backend_cls(
+            model_path=ref.location, model_id=ref.model_id, **backend_cfg
+        )
     except TypeError as err:
         raise ConfigError(f"generation.backend ({name}): {err}") from err
     return backend

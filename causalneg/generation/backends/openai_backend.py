@@ -63,6 +63,7 @@ class OpenAIOptions:
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    served_model_name: str | None = None
     structured_output: str = "json_schema"
     strict: bool = True
     concurrency: int = 4
@@ -132,18 +133,18 @@ def _schema_name(schema: type[BaseModel]) -> str:
 class OpenAIBackend:
     """``GenerationBackend`` over an OpenAI-compatible server; see the module docstring.
 
-    ``OpenAIBackend(model_path, model_id=None, **options)``: ``model_path`` is the served model name (for
-    ``python -m vllm.entrypoints.openai.api_server --model DIR`` it is ``DIR`` unless ``--served-model-name``
-    is given); ``model_id`` is the id recorded in cache keys (default: ``model_path``); ``options`` are the
-    keys of :class:`OpenAIOptions`.
+    ``OpenAIBackend(model_path, model_id=None, **options)``: ``model_path`` is sent as the served model name
+    unless ``served_model_name`` is set (``python -m vllm.entrypoints.openai.api_server --model DIR`` serves
+    ``DIR`` unless ``--served-model-name`` is given); ``model_id`` is the id recorded in cache keys (default:
+    ``model_path``); ``options`` are the keys of :class:`OpenAIOptions`.
     """
 
     name = "openai"
 
     def __init__(self, model_path: str, model_id: str | None = None, **options: Any) -> None:
         self.options = OpenAIOptions.from_mapping(options)
-        self.model = str(model_path)
-        self.model_id = model_id or self.model
+        self.model = self.options.served_model_name or str(model_path)
+        self.model_id = model_id or str(model_path)
         headers = {"Content-Type": "application/json"}
         key = self.options.resolved_api_key()
         if key:

@@ -44,7 +44,9 @@ class SeededSampler:
     generated before the end-of-sequence token (``lengths``; None while still running).
     """
 
-    def __init__(self, grammar_processor: Any, stop_ids: set[int], logit_bias: dict[int, float] | None = None) -> None:
+    def __init__(
+        self, grammar_processor: Any, stop_ids: set[int], logit_bias: dict[int, float] | None = None
+    ) -> None:
         self.inner = grammar_processor
         self.stop_ids = stop_ids
         self.logit_bias = logit_bias or {}
@@ -115,7 +117,9 @@ class TransformersBackend:
         self.model_id = model_id or model_path
         self.grammar, self.batch_size = grammar, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.hf_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
+        self.hf_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(
+            device
+        )
         self.hf_model.eval()
         self.model = outlines.from_transformers(self.hf_model, self.tokenizer)
         self._generators: dict[str, tuple[Any, SeededSampler]] = {}
@@ -176,7 +180,9 @@ class TransformersBackend:
                 finished = length is not None or sampler.steps < sampling.max_new_tokens
                 tokens = length if length is not None else sampler.steps  # counts the EOS token
                 outputs.append(
-                    RawOutput(request.key, str(text), int(tokens), finish_reason="stop" if finished else "length")
+                    RawOutput(
+                        request.key, str(text), int(tokens), finish_reason="stop" if finished else "length"
+                    )
                 )
         return outputs
 

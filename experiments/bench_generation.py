@@ -1,0 +1,258 @@
+"""Generation throughput: the transformers backend against the vllm backend (batched), same requests, one run.
+
+    python experiments/bench_generation.py --model smollm2 --n 32
+    python experiments/bench_generation.py --model qwen_coder_1_5b --n 32 --backends transformers,vllm
+
+Both backends run the whole CausalNeg path (decompose -> perturb -> filter, helper code from
+``causalneg.generation``) on the same ``--n`` HotpotQA training queries (``../shared/data/
+hotpotqa_distractor_subset``, the queries ``stage=generate`` would select, 5 BM25 candidates each) with no
+retries, each with a fresh request journal in a temporary folder (nothing is reused or left behind). The
+decompose requests are identical for both backends; the perturb requests depend on each backend's
+decompositions. Printed per backend and stage: requests, wall seconds inside ``backend.generate``,
+requests/s, output tokens/s, schema-valid rate, then negatives kept / rejected after the filters, kept rate,
+and the share of kept negatives whose raw output re-validates against its schema (must be 100%); finally the
+vllm/transformers ratios and the machine's load average (the CPU is shared: compare ratios, not absolutes).
+
+Threads: the transformers backend runs in this process with ``--threads`` torch threads; vLLM-CPU's worker
+binds ``--threads`` cores (``VLLM_CPU_OMP_THREADS_BIND``), so both use the same number of cores.
+vLLM's engine is started under this script's ``__main__`` guard (it uses spawn multiprocessing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("decompose", "perturb")
+
+
+class TimedBackend:
+    """Wraps a backend; records wall time, requests and output tokens of every ``generate`` call per stage."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name, self.model_id = inner, inner.name, inner.model_id
+        self.seconds: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+        self.tokens: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+
+    def generate(self, requests: Sequence[Any], schema: Any, sampling: Any) -> list[Any]:
+        stage = "decompose" if schema.__name__ == "Decomposition" else "perturb"
+        start = time.perf_counter()
+        outputs: list[Any] = self.inner.generate(requests, schema, sampling)
+        self.seconds[stage] += time.perf_counter() - start
+        self.requests[stage] += len(requests)
+        self.tokens[stage] += sum(o.output_tokens for o in outputs)
+        self.errors[stage] += sum(o.error is not None for o in outputs)
+        return outputs
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def compose(model: str, backend: str, n: int, root: Path, overrides: Sequence[str]) -> Any:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import causalneg.config  # noqa: F401  (registers resolvers)
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(
+            config_name="run",
+            overrides=[
+                "stage=generate",
+                "dataset=hotpotqa",
+                f"generation/model={model}",
+                f"generation/backend={backend}",
+                f"generation.limit={n}",
+                "generation.max_retries=0",
+                "generation.progress=false",
+                f"paths.root_dir={root}",
+                f"paths.cache_dir={os.environ.get('CAUSALNEG_CACHE_DIR', REPO / '.cache')}",
+                f"paths.shared_data_dir={REPO.parent / 'shared' / 'data'}",
+                "paths.output_dir=" + str(root / "out"),
+                *overrides,
+            ],
+        )
+
+
+def kept_valid_share(result: Any, journal: Path, num_negatives: int) -> tuple[int, int]:
+    """(kept negatives whose raw output re-validates against its stage schema, kept negatives)."""
+    from causalneg.generation.schemas import perturbation_schema
+
+    texts = {}
+    for line in journal.read_text().splitlines():
+        record = json.loads(line)
+        texts[record["key"]] = record["text"]
+    ok = total = 0
+    for row in result.rows:
+        for negative in row["negatives"]:
+            total += 1
+            raw = texts.get(negative["request_key"])
+            try:
+                parsed = (
+                    perturbation_schema(num_negatives).model_validate_json(raw) if raw is not None else None
+                )
+                ok += parsed is not None and any(n.text == negative["text"] for n in parsed.negatives)
+            except ValueError:
+                pass
+    return ok, total
+
+
+def run_backend(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """One backend over the same selected queries; returns timings, counts and load averages."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from causalneg.generation.backends.factory import build_backend
+    from causalneg.generation.pipeline import run_pipeline
+    from causalneg.generation.store import RequestStore
+    from causalneg.stages.common import load_dataset
+    from causalneg.stages.generate import build_embedder, build_inputs, filter_config, pipeline_settings
+
+    overrides = [f"generation.num_negatives={args.num_negatives}", *args.override]
+    if name == "vllm":
+        overrides += [f"generation.backend.{k}={v}" for k, v in (kv.split("=", 1) for kv in args.vllm_option)]
+        overrides.append(f"generation.flush_every={args.n}")  # one batch per stage
+    else:
+        overrides.append(f"generation.flush_every={args.transformers_batch}")
+        overrides.append(f"generation.backend.batch_size={args.transformers_batch}")
+    cfg = compose(args.model, name, args.n, root, overrides)
+    torch.set_num_threads(args.threads)
+    dataset = load_dataset(cfg)
+    items = build_inputs(cfg, dataset)
+    filters = filter_config(cfg)
+    embed = build_embedder(cfg, filters)
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    backend = TimedBackend(build_backend(cfg.generation))
+    startup = time.perf_counter() - start
+    journal = root / f"journal-{name}.jsonl"
+    try:
+        result = run_pipeline(items, backend, RequestStore(journal), pipeline_settings(cfg), filters, embed)
+    finally:
+        backend.close()
+    ok, total = kept_valid_share(result, journal, args.num_negatives)
+    return {
+        "backend": name,
+        "options": OmegaConf.to_container(cfg.generation.backend, resolve=True),
+        "startup_s": startup,
+        "seconds": dict(backend.seconds),
+        "requests": dict(backend.requests),
+        "tokens": dict(backend.tokens),
+        "errors": dict(backend.errors),
+        "counts": result.counts,
+        "kept_valid": [ok, total],
+        "load": [load_before, os.getloadavg()],
+    }
+
+
+def _rate(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def print_tables(results: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'backend':<13}{'stage':<11}{'requests':>9}{'wall s':>9}{'req/s':>8}{'out tok':>9}{'tok/s':>8}"
+        f"{'valid':>8}"
+    )
+    print("\nThroughput (time inside backend.generate; engine start-up excluded)")
+    print(header)
+    for r in results:
+        per_stage = r["counts"]["per_stage"]
+        for stage in [*STAGES, "all"]:
+            if stage == "all":
+                req, sec, tok = (sum(r[k].values()) for k in ("requests", "seconds", "tokens"))
+                valid = r["counts"]["validity_rate"]
+            else:
+                req, sec, tok = (
+                    r["requests"].get(stage, 0),
+                    r["seconds"].get(stage, 0.0),
+                    r["tokens"].get(stage, 0),
+                )
+                s = per_stage.get(stage, {"requests": 0, "valid": 0})
+                valid = _rate(s["valid"], s["requests"])
+            print(
+                f"{r['backend']:<13}{stage:<11}{req:>9}{sec:>9.1f}{_rate(req, sec):>8.3f}{tok:>9}"
+                f"{_rate(tok, sec):>8.2f}{valid:>8.1%}"
+            )
+    print("\nFilters (perturb stage)")
+    print(f"{'backend':<13}{'kept':>6}{'rejected':>10}{'kept rate':>11}{'kept valid':>12}  rejections")
+    for r in results:
+        c, (ok, total) = r["counts"], r["kept_valid"]
+        print(
+            f"{r['backend']:<13}{c['negatives_kept']:>6}{c['negatives_rejected']:>10}{c['kept_rate']:>11.1%}"
+            f"{f'{ok}/{total}':>12}  {c['rejections']}"
+        )
+    by = {r["backend"]: r for r in results}
+    if "vllm" in by and "transformers" in by:
+        v, t = by["vllm"], by["transformers"]
+        print("\nvllm / transformers")
+        for stage in [*STAGES, "all"]:
+            keys = [stage] if stage != "all" else list(STAGES)
+            req = [sum(x["requests"].get(k, 0) for k in keys) for x in (v, t)]
+            sec = [sum(x["seconds"].get(k, 0.0) for k in keys) for x in (v, t)]
+            tok = [sum(x["tokens"].get(k, 0) for k in keys) for x in (v, t)]
+            print(
+                f"  {stage:<10} req/s x{_rate(_rate(req[0], sec[0]), _rate(req[1], sec[1])):.2f}   "
+                f"tok/s x{_rate(_rate(tok[0], sec[0]), _rate(tok[1], sec[1])):.2f}"
+            )
+    print("\nEngine start-up and machine load (1/5/15-min load average before -> after; 2 cores)")
+    for r in results:
+        before, after = r["load"]
+        print(
+            f"  {r['backend']:<13} start-up {r['startup_s']:.1f} s; load "
+            f"{'/'.join(f'{x:.1f}' for x in before)} -> {'/'.join(f'{x:.1f}' for x in after)}; "
+            f"options {r['options']}"
+        )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default="smollm2", choices=["smollm2", "qwen_coder_0_5b", "qwen_coder_1_5b"]
+    )
+    parser.add_argument("--n", type=int, default=32, help="HotpotQA training queries (requests per stage)")
+    parser.add_argument("--backends", default="transformers,vllm")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="cores per backend (torch threads / vLLM binding)"
+    )
+    parser.add_argument("--num-negatives", type=int, default=3)
+    parser.add_argument("--transformers-batch", type=int, default=4)
+    parser.add_argument("--vllm-option", action="append", default=[], help="KEY=VALUE for generation.backend")
+    parser.add_argument("--override", action="append", default=[], help="any extra Hydra override")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault(
+        "TORCHDYNAMO_DISABLE", "1"
+    )  # outlines_core's torch.compile warm-up is not generation
+    if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{args.threads - 1}" if args.threads > 1 else "0"
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
+        for name in args.backends.split(","):
+            print(f"[bench] {name}: {args.n} queries, model {args.model} ...", file=sys.stderr, flush=True)
+            results.append(run_backend(name, args, Path(tmp)))
+    print_tables(results)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
