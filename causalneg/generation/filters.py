@@ -55,7 +55,8 @@ META_PATTERNS = [
     r"^\s*(the|this) (passage|paragraph|text|document)\b",
     r"\b(this|your|the given|the above|the user'?s?) (query|question)\b",
     r"\bthe query\b",
-    r"\b(does not|doesn't|do not|did not|fails to|without) (mention|contain|answer|provide|specify|state|say|include)\b",
+    r"\b(does not|doesn't|do not|did not|fails to|without) "
+    r"(mention|contain|answer|provide|specify|state|say|include)\b",
     r"\bno (information|mention|details?) (about|of|on|regarding)\b",
     r"\b(hard )?negative (passage|example)s?\b",
     r"\b(counterfactual|break strategy|requirement n\d)\b",
@@ -203,7 +204,10 @@ def check_negative(text: str, ctx: FilterContext, cfg: FilterConfig, kept: Seque
         if answer is not None:
             return Verdict("answer_leak", repr(answer))
     for other in kept:
-        if normalize(other) == normalize(stripped) or jaccard(mine, shingles(other, cfg.shingle)) >= cfg.near_duplicate:
+        if (
+            normalize(other) == normalize(stripped)
+            or jaccard(mine, shingles(other, cfg.shingle)) >= cfg.near_duplicate
+        ):
             return Verdict("duplicate")
     return Verdict()
 

@@ -108,7 +108,9 @@ def _package_files(spec: BuiltinGenerator) -> list[Path]:
         else:
             found.append(path)
     if missing:
-        raise MissingGeneratorPackage(missing, f"generator '{spec.name}' needs {len(missing)} missing package(s)")
+        raise MissingGeneratorPackage(
+            missing, f"generator '{spec.name}' needs {len(missing)} missing package(s)"
+        )
     return found
 
 
@@ -155,7 +157,9 @@ def resolve_generator(name_or_cfg: str | Mapping[str, Any], cache_dir: str | Pat
         spec = BUILTIN_GENERATORS[location]
         return GeneratorRef(spec.model_id, str(_prepare_builtin(spec, Path(cache_dir))), True)
     if not location or location == "hf":
-        raise ConfigError("generation.model.path must name a local HF folder or a hub id (generation/model=hf)")
+        raise ConfigError(
+            "generation.model.path must name a local HF folder or a hub id (generation/model=hf)"
+        )
     folder = Path(location).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():
@@ -197,11 +201,15 @@ def _concatenate(parts: list[Path], dest: Path, sha256: str | None) -> Path:
                     digest.update(chunk)
                     out.write(chunk)
     if sha256 is not None and digest.hexdigest() != sha256:
-        raise ConfigError(f"GGUF assembled from {len(parts)} parts has sha256 {digest.hexdigest()}, expected {sha256}")
+        raise ConfigError(
+            f"GGUF assembled from {len(parts)} parts has sha256 {digest.hexdigest()}, expected {sha256}"
+        )
     return dest
 
 
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloat16", shard_bytes: int = 1 << 29) -> Path:
+def convert_gguf(
+    gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloat16", shard_bytes: int = 1 << 29
+) -> Path:
     """Write an HF folder (config, generation config, tokenizer, safetensors shards) from a GGUF file.
 
     Memory stays bounded by one shard (``shard_bytes`` of ``dtype`` tensors) plus one dequantised float32 tensor.
@@ -248,11 +256,15 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloa
     written: set[str] = set()
     for tensor in reader.tensors:
         weights = dequantize(tensor.data, tensor.tensor_type)
-        result = processor.process(weights=weights, name=tensor.name, tensor_key_mapping=names, parsed_parameters={})
+        result = processor.process(
+            weights=weights, name=tensor.name, tensor_key_mapping=names, parsed_parameters={}
+        )
         if result.name not in names:
             continue
         hf_name = names[result.name]
-        shard[hf_name] = torch.from_numpy(np.ascontiguousarray(result.weights)).to(torch_dtype)
+        shard[hf_name] = torch.from_numpy(np.array(result.weights, dtype=np.float32)).to(
+            torch_dtype
+        )  # writable copy
         written.add(hf_name)
         if sum(t.numel() * t.element_size() for t in shard.values()) >= shard_bytes:
             flush()
@@ -263,7 +275,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloa
     _write_index(out, shard_files)
     config.save_pretrained(out)
     GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=config.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     ).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -280,7 +294,8 @@ def _write_index(out: Path, shard_files: list[tuple[str, list[str]]]) -> None:
 
 
 CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
@@ -297,12 +312,16 @@ def train_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
+    from pydantic import BaseModel
+
     from causalneg.generation.schemas import Decomposition, naive_schema, perturbation_schema
 
     # The schemas' keys and enum values become single tokens, so JSON structure costs few decoding steps.
-    schemas = [Decomposition.model_json_schema(), perturbation_schema(3).model_json_schema(), naive_schema(3)]
-    corpus = [json.dumps(s if isinstance(s, dict) else s.model_json_schema(), separators=(",", ":")) for s in schemas]
-    corpus += ["The query asks which entity, attribute or relation the passage names; the answer is a person."]
+    schemas: list[type[BaseModel]] = [Decomposition, perturbation_schema(3), naive_schema(3)]
+    corpus = [json.dumps(s.model_json_schema(), separators=(",", ":")) for s in schemas]
+    corpus += [
+        "The query asks which entity, attribute or relation the passage names; the answer is a person."
+    ]
     corpus = corpus * 10
     tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
@@ -314,7 +333,11 @@ def train_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
 
 
 def build_tiny_llama(
-    out_dir: str | Path, tokenizer_dir: str | Path | None = None, seed: int = 0, layers: int = 2, max_positions: int = 4096
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    seed: int = 0,
+    layers: int = 2,
+    max_positions: int = 4096,
 ) -> Path:
     """A tiny random Llama saved as an HF folder (2 heads of head_dim 64, hidden 128) with a real tokenizer.
 

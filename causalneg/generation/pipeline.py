@@ -112,10 +112,19 @@ class _Run:
                 messages=fingerprint(messages),
             )
             requests.append(GenerationRequest(key, messages, seed))
-            meta.append({"stage": stage, "query_id": inputs.query_id, "attempt": attempt, "model_id": self.backend.model_id})
+            meta.append(
+                {
+                    "stage": stage,
+                    "query_id": inputs.query_id,
+                    "attempt": attempt,
+                    "model_id": self.backend.model_id,
+                }
+            )
         return requests, meta, sampling
 
-    def call(self, stage: str, attempt: int, schema: type[BaseModel], items: Sequence[PromptInputs]) -> list[RawOutput]:
+    def call(
+        self, stage: str, attempt: int, schema: type[BaseModel], items: Sequence[PromptInputs]
+    ) -> list[RawOutput]:
         requests, meta, sampling = self.requests(stage, attempt, schema, items)
         outputs = self.store.run(
             requests,
@@ -133,7 +142,15 @@ class _Run:
             self.seconds += float(record.get("seconds", 0.0))
         return outputs
 
-    def reject(self, inputs: PromptInputs, stage: str, attempt: int, output: RawOutput, verdict: Verdict, **extra: Any) -> None:
+    def reject(
+        self,
+        inputs: PromptInputs,
+        stage: str,
+        attempt: int,
+        output: RawOutput,
+        verdict: Verdict,
+        **extra: Any,
+    ) -> None:
         assert verdict.reason is not None
         self.reasons[verdict.reason] += 1
         self.rejected.append(
@@ -150,7 +167,9 @@ class _Run:
             }
         )
 
-    def validate(self, stage: str, attempt: int, schema: type[BaseModel], inputs: PromptInputs, output: RawOutput) -> Any:
+    def validate(
+        self, stage: str, attempt: int, schema: type[BaseModel], inputs: PromptInputs, output: RawOutput
+    ) -> Any:
         parsed, verdict = parse_output(output, schema)
         self.outputs[f"{stage}/total"] += 1
         if parsed is None:
@@ -169,7 +188,10 @@ def _decompose(run: _Run, items: Sequence[PromptInputs]) -> None:
         for inputs, output in zip(pending, outputs, strict=True):
             parsed = run.validate("decompose", attempt, Decomposition, inputs, output)
             if parsed is not None:
-                run.decompositions[inputs.query_id] = (parsed, {"request_key": output.key, "attempt": attempt})
+                run.decompositions[inputs.query_id] = (
+                    parsed,
+                    {"request_key": output.key, "attempt": attempt},
+                )
         pending = [i for i in pending if i.query_id not in run.decompositions]
 
 
@@ -189,8 +211,12 @@ def _negatives(run: _Run, stage: str, items: Sequence[PromptInputs]) -> None:
         pending = [i for i in pending if not run.kept.get(i.query_id)]
 
 
-def _filter_request(run: _Run, stage: str, attempt: int, inputs: PromptInputs, output: RawOutput, parsed: Any) -> None:
-    messages = render_messages(stage, inputs, run.settings.num_negatives, run.decompositions.get(inputs.query_id, (None,))[0])
+def _filter_request(
+    run: _Run, stage: str, attempt: int, inputs: PromptInputs, output: RawOutput, parsed: Any
+) -> None:
+    messages = render_messages(
+        stage, inputs, run.settings.num_negatives, run.decompositions.get(inputs.query_id, (None,))[0]
+    )
     ctx = FilterContext(
         inputs.query, inputs.positive, inputs.candidates, inputs.answers, instruction_text(messages, inputs)
     )
@@ -213,7 +239,14 @@ def _filter_request(run: _Run, stage: str, attempt: int, inputs: PromptInputs, o
         for row, sim in zip(list(fresh), sims, strict=True):
             if sim >= limit:
                 fresh.remove(row)
-                run.reject(inputs, stage, attempt, output, Verdict("similar_to_positive", f"cosine {sim:.3f}"), text=row["text"])
+                run.reject(
+                    inputs,
+                    stage,
+                    attempt,
+                    output,
+                    Verdict("similar_to_positive", f"cosine {sim:.3f}"),
+                    text=row["text"],
+                )
     kept.extend(fresh)
 
 
@@ -251,10 +284,12 @@ def run_pipeline(
     else:
         _negatives(run, "naive", items)
     rows = [
-        {"query_id": i.query_id, "positive_id": i.positive_id, "negatives": run.kept.get(i.query_id, [])} for i in items
+        {"query_id": i.query_id, "positive_id": i.positive_id, "negatives": run.kept.get(i.query_id, [])}
+        for i in items
     ]
     decompositions = [
-        {"query_id": qid, **info, "decomposition": d.model_dump()} for qid, (d, info) in run.decompositions.items()
+        {"query_id": qid, **info, "decomposition": d.model_dump()}
+        for qid, (d, info) in run.decompositions.items()
     ]
     return PipelineResult(rows, run.rejected, decompositions, _counts(run, rows))
 
@@ -263,7 +298,9 @@ def _counts(run: _Run, rows: list[dict[str, Any]]) -> dict[str, Any]:
     total = sum(v for k, v in run.outputs.items() if k.endswith("/total"))
     valid = sum(v for k, v in run.outputs.items() if k.endswith("/valid"))
     kept = sum(len(r["negatives"]) for r in rows)
-    negative_rejections = sum(v for k, v in run.reasons.items() if k not in ("backend_error", "invalid_json", "schema_violation"))
+    negative_rejections = sum(
+        v for k, v in run.reasons.items() if k not in ("backend_error", "invalid_json", "schema_violation")
+    )
     stages = sorted({k.split("/")[0] for k in run.outputs})
     return {
         "queries": len(rows),

@@ -33,7 +33,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=False,
-        autoescape=False,  # noqa: S701 -- plain-text prompts, not HTML
+        autoescape=False,
     )
 
 
@@ -48,7 +48,9 @@ def template_version() -> str:
 def load_profiles() -> dict[str, dict[str, Any]]:
     profiles = yaml.safe_load((PROMPTS_DIR / "profiles.yaml").read_text(encoding="utf-8"))
     if not isinstance(profiles, dict) or "generic" not in profiles:
-        raise ConfigError(f"{PROMPTS_DIR / 'profiles.yaml'} must map profile names to profiles and define 'generic'")
+        raise ConfigError(
+            f"{PROMPTS_DIR / 'profiles.yaml'} must map profile names to profiles and define 'generic'"
+        )
     return profiles
 
 

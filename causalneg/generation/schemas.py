@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
-from functools import lru_cache
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -43,7 +43,7 @@ MAX_STRATEGIES = 3
 CRITICAL_STRATEGIES = (2, 3)
 # Character bounds (not tokens). Short analysis fields, passage-sized negatives (HotpotQA/NQ paragraphs are
 # mostly 200-600 characters, MS MARCO passages about 350).
-SHORT_TEXT = 160
+SHORT_TEXT = 120
 NEGATIVE_TEXT = 600
 
 NodeId = Annotated[str, Field(pattern=r"^N[1-8]$", description="N1, N2, ... in order")]
@@ -93,7 +93,9 @@ class Decomposition(_Strict):
             if len(set(sids)) != len(sids):
                 raise ValueError(f"strategy ids of node {node.node_id} are not unique: {sids}")
             if node.critical and not lo <= len(sids) <= hi:
-                raise ValueError(f"critical node {node.node_id} has {len(sids)} break strategies, needs {lo}-{hi}")
+                raise ValueError(
+                    f"critical node {node.node_id} has {len(sids)} break strategies, needs {lo}-{hi}"
+                )
         if not any(node.critical for node in self.chain_nodes):
             raise ValueError("no node is critical: nothing to break")
         return self
@@ -179,13 +181,13 @@ class NaiveOutput(_Strict):
     negatives: list[NaiveNegative] = Field(min_length=1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def perturbation_schema(max_negatives: int) -> type[PerturbationOutput]:
     """``PerturbationOutput`` with ``negatives`` bounded to 1..max_negatives (one class per N, cached)."""
     return _bounded(PerturbationOutput, PerturbedNegative, max_negatives)
 
 
-@lru_cache(maxsize=None)
+@cache
 def naive_schema(max_negatives: int) -> type[NaiveOutput]:
     """``NaiveOutput`` with ``negatives`` bounded to 1..max_negatives (one class per N, cached)."""
     return _bounded(NaiveOutput, NaiveNegative, max_negatives)

@@ -117,7 +117,13 @@ class RequestStore:
         """
         results: dict[str, RawOutput] = {}
         todo = [(r, m) for r, m in zip(requests, meta, strict=True) if r.key not in self.records]
-        bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc=desc, unit="req", disable=not progress)
+        bar = tqdm(
+            total=len(requests),
+            initial=len(requests) - len(todo),
+            desc=desc,
+            unit="req",
+            disable=not progress,
+        )
         tokens, seconds = 0, 0.0
         try:
             for start in range(0, len(todo), max(1, flush_every)):
@@ -126,7 +132,9 @@ class RequestStore:
                 outputs = backend.generate([r for r, _ in chunk], schema, sampling)
                 elapsed = time.perf_counter() - began
                 if len(outputs) != len(chunk):
-                    raise RuntimeError(f"backend {backend.name} returned {len(outputs)} outputs for {len(chunk)} requests")
+                    raise RuntimeError(
+                        f"backend {backend.name} returned {len(outputs)} outputs for {len(chunk)} requests"
+                    )
                 finished = []
                 for (request, info), output in zip(chunk, outputs, strict=True):
                     results[request.key] = output
@@ -145,7 +153,12 @@ class RequestStore:
         return [results.get(r.key) or self.output(r.key) for r in requests]
 
     def _record(
-        self, request: GenerationRequest, info: dict[str, Any], output: RawOutput, sampling: SamplingConfig, seconds: float
+        self,
+        request: GenerationRequest,
+        info: dict[str, Any],
+        output: RawOutput,
+        sampling: SamplingConfig,
+        seconds: float,
     ) -> dict[str, Any]:
         return {
             **info,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from causalneg.config import check_required
-from causalneg.errors import ConfigError
+from causalneg.errors import CausalNegError, ConfigError
 
 STAGES = ("train", "evaluate", "mine", "generate", "diagnose", "compare")
 
@@ -19,5 +20,11 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"unknown stage={stage!r}; choose one of: {', '.join(STAGES)}")
     check_required(cfg)
     module = importlib.import_module(f"causalneg.stages.{stage}")
-    result: dict[str, Any] = module.run(cfg)
+    try:
+        result: dict[str, Any] = module.run(cfg)
+    except InstantiationException as exc:
+        # Hydra wraps what a `_target_` raises (e.g. a dataset loader's DataError): surface our own errors as-is.
+        if isinstance(exc.__cause__, CausalNegError):
+            raise exc.__cause__ from None
+        raise
     return result

@@ -59,14 +59,14 @@ def build_inputs(
     items = []
     for qid in query_ids:
         positive_id = split.positives(qid)[0]
-        candidates = [clip(dataset.corpus[pid].full_text, max_chars) for pid, _ in mined.get(qid, [])[:k]]
+        shown = [clip(dataset.corpus[pid].full_text, max_chars) for pid, _ in mined.get(qid, [])[:k]]
         items.append(
             PromptInputs(
                 query_id=qid,
                 query=split.queries[qid].text,
                 positive_id=positive_id,
                 positive=clip(dataset.corpus[positive_id].full_text, max_chars),
-                candidates=tuple(candidates),
+                candidates=tuple(shown),
                 answers=tuple(dataset.answers.get(qid, [])),
                 profile=profile,
             )
@@ -76,7 +76,7 @@ def build_inputs(
 
 def pipeline_settings(cfg: DictConfig) -> PipelineSettings:
     gen = cfg.generation
-    sampling = {s: SamplingConfig(**OmegaConf.to_container(gen[s], resolve=True)) for s in STAGES if gen.get(s)}  # type: ignore[arg-type]
+    sampling = {s: SamplingConfig(**_mapping(gen[s])) for s in STAGES if gen.get(s)}
     return PipelineSettings(
         method=str(gen.method),
         num_negatives=int(gen.num_negatives),
@@ -92,10 +92,14 @@ def pipeline_settings(cfg: DictConfig) -> PipelineSettings:
     )
 
 
-def filter_config(cfg: DictConfig) -> FilterConfig:
-    values = OmegaConf.to_container(cfg.generation.get("filters") or {}, resolve=True)
+def _mapping(node: Any) -> dict[str, Any]:
+    values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
     assert isinstance(values, dict)
-    return FilterConfig(**{str(k): v for k, v in values.items()})
+    return {str(k): v for k, v in values.items()}
+
+
+def filter_config(cfg: DictConfig) -> FilterConfig:
+    return FilterConfig(**_mapping(cfg.generation.get("filters")))
 
 
 def build_embedder(cfg: DictConfig, filters: FilterConfig) -> Embedder | None:
@@ -115,14 +119,20 @@ def build_embedder(cfg: DictConfig, filters: FilterConfig) -> Embedder | None:
 
 def preview_prompts(cfg: DictConfig, dataset: RetrievalDataset) -> str:
     """The rendered prompts of the first selected query (perturb: only once its decomposition is journaled)."""
-    items = build_inputs(cfg, dataset, limit=1, candidates=False)  # neither prompt shown here lists candidates
+    items = build_inputs(
+        cfg, dataset, limit=1, candidates=False
+    )  # neither prompt shown here lists candidates
     if not items:
         return "no selected query"
     method, n = str(cfg.generation.method), int(cfg.generation.num_negatives)
     if method == "naive":
         return preview(render_messages("naive", items[0], n), f"naive prompt for query {items[0].query_id}")
-    text = preview(render_messages("decompose", items[0], n), f"decompose prompt for query {items[0].query_id}")
-    return text + "\n(the perturb prompt shows this query's decomposition once stage=generate has produced it)"
+    text = preview(
+        render_messages("decompose", items[0], n), f"decompose prompt for query {items[0].query_id}"
+    )
+    return (
+        text + "\n(the perturb prompt shows this query's decomposition once stage=generate has produced it)"
+    )
 
 
 def publish(directory: Path, result: PipelineResult, manifest: Manifest) -> None:
@@ -149,14 +159,18 @@ def log_to_mlflow(cfg: DictConfig, manifest: Manifest, result: PipelineResult) -
     logger = build_mlflow_logger(cfg)
     with terminal_status(logger):
         counts = manifest.counts
-        metrics = {f"gen/{k}": float(counts[k]) for k in ("validity_rate", "kept_rate", "negatives_kept", "requests")}
+        metrics = {
+            f"gen/{k}": float(counts[k]) for k in ("validity_rate", "kept_rate", "negatives_kept", "requests")
+        }
         if counts.get("tokens_per_s"):
             metrics["gen/tokens_per_s"] = float(counts["tokens_per_s"])
         metrics.update({f"gen/rejections/{r}": float(n) for r, n in counts["rejections"].items()})
         log_metrics(logger, metrics)
         log_json(logger, asdict(manifest), "generation/manifest.json")
         kept = [(r["query_id"], "kept", "", n["text"]) for r in result.rows for n in r["negatives"]][:50]
-        rejected = [(r["query_id"], "rejected", r["reason"], r.get("text", r["raw"])) for r in result.rejected][:50]
+        rejected = [
+            (r["query_id"], "rejected", r["reason"], r.get("text", r["raw"])) for r in result.rejected
+        ][:50]
         samples = kept + rejected
         table = {
             "query_id": [s[0] for s in samples],
@@ -165,6 +179,11 @@ def log_to_mlflow(cfg: DictConfig, manifest: Manifest, result: PipelineResult) -
             "text": [str(s[3])[:500] for s in samples],
         }
         logger.experiment.log_table(logger.run_id, data=table, artifact_file="generation/samples.json")
+
+
+def backend_failures(manifest: Manifest) -> int:
+    """Outputs rejected as ``backend_error`` (the request never produced text) in this artifact's run."""
+    return int((manifest.counts.get("rejections") or {}).get("backend_error", 0))
 
 
 def summarize(directory: Path, manifest: Manifest, reused: bool) -> dict[str, Any]:
@@ -178,6 +197,11 @@ def summarize(directory: Path, manifest: Manifest, reused: bool) -> dict[str, An
         f"tokens/s {counts.get('tokens_per_s')}, wall {counts.get('wall_seconds')} s"
     )
     print(f"[generate] rejections: {counts.get('rejections')}")
+    if backend_failures(manifest):
+        print(
+            f"[generate] {backend_failures(manifest)} request(s) failed at the backend (see rejected.jsonl, "
+            "reason backend_error); run the same command again to retry them (finished requests are reused)"
+        )
     return summary
 
 
@@ -190,8 +214,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return {"preview": text}
     directory = generated_artifact_dir(cfg, dataset)
     manifest = generation_manifest(cfg, dataset)
-    if is_complete(directory) and load_manifest(directory).fingerprint == manifest.fingerprint:
-        return summarize(directory, load_manifest(directory), reused=True)
+    if is_complete(directory):
+        existing = load_manifest(directory)
+        # An artifact whose requests partly failed at the backend (timeouts, HTTP 5xx: not journaled) is not
+        # final: running the stage again retries exactly those requests and reuses every journaled one.
+        if existing.fingerprint == manifest.fingerprint and not backend_failures(existing):
+            return summarize(directory, existing, reused=True)
     started = time.perf_counter()
     items = build_inputs(cfg, dataset)
     filters = filter_config(cfg)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from causalneg.data.datamodule import DataSettings, RetrievalDataModule
 from causalneg.data.groups import GroupSpec
@@ -24,6 +26,7 @@ from causalneg.tracking.runs import build_mlflow_logger, log_json, log_metrics, 
 from causalneg.training.system import RetrieverSystem
 
 REPORTED = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
+RUN_FILE = "mlflow_run.json"  # the MLflow run of this output folder (causalneg.tracking.runs)
 
 
 def data_settings(cfg: DictConfig) -> DataSettings:
@@ -69,20 +72,76 @@ def evaluate_test(
     )
 
 
+class GlobalRngState(Callback):
+    """Keeps the global RNG states (torch, numpy, random: the model's own draws, e.g. dropout) in checkpoints and
+    puts them back when training resumes, so a resumed run draws what an uninterrupted one would have drawn.
+    Lightning does not checkpoint them; the data path uses private generators (DataModule) and needs none."""
+
+    def __init__(self) -> None:
+        self._restore: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        # Tensors and plain Python values only: Lightning loads checkpoints with torch's weights-only unpickler.
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        numpy_state = (
+            str(name),
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(pos),
+            int(has_gauss),
+        )
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": (*numpy_state, float(gauss)),
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Applied at on_train_start: loaders and hooks run between loading and the first training step.
+        self._restore = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._restore is not None:
+            name, keys, pos, has_gauss, gauss = self._restore["numpy"]
+            torch.set_rng_state(self._restore["torch"])
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            random.setstate(self._restore["python"])
+            self._restore = None
+
+
 def build_callbacks(cfg: DictConfig, output_dir: Path, has_dev: bool) -> list[Callback]:
+    """Configured callbacks, best/last checkpoints, optional step checkpoints, RNG state, diagnostics.
+
+    ``last.ckpt`` is always the newest state (the version counter is off, so a stale file is overwritten,
+    never sidestepped as ``last-v1.ckpt``): ``resume`` reads it. ``checkpoint.every_n_train_steps=N`` also
+    writes it every N optimizer steps, so a killed run loses at most N steps instead of an epoch.
+    """
     callbacks: list[Callback] = [
         instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None
     ]
+    directory = output_dir / "checkpoints"
     callbacks.append(
         ModelCheckpoint(
-            dirpath=output_dir / "checkpoints",
+            dirpath=directory,
             monitor="val/ndcg@10" if has_dev else None,
             mode="max",
             save_top_k=1,
             save_last=True,
             filename="best",
+            enable_version_counter=False,
         )
     )
+    every = OmegaConf.select(cfg, "checkpoint.every_n_train_steps", default=None)
+    if every:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=directory,
+                every_n_train_steps=int(every),
+                save_top_k=0,
+                save_last=True,
+                enable_version_counter=False,
+            )
+        )
+    callbacks.append(GlobalRngState())
     diag = cfg.get("diagnostics")
     if diag is not None and diag.get("enabled", False) and has_dev:
         callbacks.append(instantiate(diag.callback))
@@ -93,7 +152,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     apply_runtime(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     output_dir = Path(str(cfg.paths.output_dir))
-    logger = build_mlflow_logger(cfg)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if cfg.get("resume", True) and last.is_file() else None
+    logger = build_mlflow_logger(cfg, run_file=output_dir / RUN_FILE, resume=resume is not None)
     with terminal_status(logger):
         dataset = load_dataset(cfg)
         encoder = build_encoder(cfg)
@@ -123,8 +184,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer: L.Trainer = instantiate(
             cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(output_dir)
         )
-        last = output_dir / "checkpoints" / "last.ckpt"
-        resume = str(last) if cfg.get("resume", True) and last.is_file() else None
         system.train()  # the start-of-run evaluation left the encoder in eval mode
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
 
@@ -137,7 +196,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         per_query = {name: final.per_query.get(name, {}) for name in ("ndcg@10", "recall@100", "mrr@10")}
         log_json(logger, per_query, "metrics/test_per_query.json")
         log_json(logger, {"start": start.metrics, "final": final.metrics}, "metrics/test.json")
-        export_dir = export_sentence_transformers(system.encoder, output_dir / "model")
+        # overwrite: re-running the same command in the same folder (resume) re-exports the final model.
+        export_dir = export_sentence_transformers(system.encoder, output_dir / "model", overwrite=True)
 
     print_summary(start.metrics, final.metrics, str(cfg.arm), export_dir)
     return {

@@ -1,20 +1,30 @@
 """MLflow runs for stages: a reachable store checked at start-up, the Lightning logger, and a final status
-that is never left RUNNING (FINISHED, FAILED, or KILLED on Ctrl-C / SIGTERM)."""
+that is never left RUNNING (FINISHED, FAILED, or KILLED on Ctrl-C / SIGTERM).
+
+A process killed with SIGKILL cannot mark its run. So a training stage records its run id in a run file
+(``<output_dir>/mlflow_run.json``): the next start in the same folder continues that run when it resumes from
+a checkpoint (the run gets a ``resumed`` tag counting the restarts), and otherwise marks it KILLED if it was
+left RUNNING before starting a new one.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
+from causalneg.artifacts import atomic_write_json
 from causalneg.config import flatten, plain_dict
 from causalneg.errors import ConfigError
 from causalneg.tracking.names import mlflow_metric_name
@@ -51,10 +61,46 @@ def artifact_location(log_cfg: DictConfig) -> str | None:
     return None
 
 
-def build_mlflow_logger(cfg: DictConfig) -> RunLogger:
-    """An MLFlowLogger for this run, tagged with arm, seed and dataset, holding the resolved config."""
+def previous_run(run_file: Path, uri: str, resume: bool) -> str | None:
+    """The run recorded in ``run_file`` to continue (when ``resume``), else None; a run of that file left
+    RUNNING by a killed process is marked KILLED first (a new run follows)."""
+    try:
+        recorded = json.loads(run_file.read_text(encoding="utf-8"))
+        run_id, recorded_uri = str(recorded["run_id"]), str(recorded["tracking_uri"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no run file (first start) or an unreadable one: start a new run
+    if recorded_uri != uri:
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None  # deleted meanwhile
+    if resume:
+        count = int(run.data.tags.get("resumed", "0")) + 1
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "resumed", str(count))
+        return run_id
+    if run.info.status == "RUNNING":
+        note = f"left RUNNING by a killed process; marked KILLED by the next start in {run_file.parent}"
+        client.set_tag(run_id, "killed_note", note)
+        client.set_terminated(run_id, "KILLED")
+    return None
+
+
+def build_mlflow_logger(cfg: DictConfig, run_file: Path | None = None, resume: bool = False) -> RunLogger:
+    """An MLFlowLogger for this run, tagged with arm, seed and dataset, holding the resolved config.
+
+    With ``run_file`` the run id is recorded there, and the run it recorded before is continued when ``resume``
+    (the caller resumes training from a checkpoint) or else closed as KILLED if still RUNNING (module docstring).
+    """
     log_cfg = cfg.logger
-    check_tracking_uri(str(log_cfg.tracking_uri))
+    uri = str(log_cfg.tracking_uri)
+    check_tracking_uri(uri)
+    run_id = previous_run(run_file, uri, resume) if run_file is not None else None
     tags = {
         "arm": str(cfg.arm),
         "seed": str(cfg.seed),
@@ -64,15 +110,21 @@ def build_mlflow_logger(cfg: DictConfig) -> RunLogger:
     tags.update({str(k): str(v) for k, v in (log_cfg.get("tags") or {}).items()})
     logger = RunLogger(
         experiment_name=str(log_cfg.experiment_name),
-        tracking_uri=str(log_cfg.tracking_uri),
+        tracking_uri=uri,
         run_name=str(log_cfg.run_name),
         tags=tags,
         log_model=False,
         artifact_location=artifact_location(log_cfg),
+        run_id=run_id,
     )
-    params = {k: v for k, v in flatten(plain_dict(cfg)).items() if not k.startswith("hydra")}
-    logger.log_hyperparams({k: str(v)[:500] for k, v in params.items()})
-    log_text(logger, OmegaConf.to_yaml(cfg, resolve=True), "config/run.yaml")
+    if run_id is None:
+        params = {k: v for k, v in flatten(plain_dict(cfg)).items() if not k.startswith("hydra")}
+        logger.log_hyperparams({k: str(v)[:500] for k, v in params.items()})
+    # A continued run keeps its first params (MLflow refuses changed values); the restart's config is kept too.
+    config_file = "config/run.yaml" if run_id is None else "config/resumed_run.yaml"
+    log_text(logger, OmegaConf.to_yaml(cfg, resolve=True), config_file)
+    if run_file is not None:
+        atomic_write_json(run_file, {"run_id": logger.run_id, "tracking_uri": uri})
     return logger
 
 
@@ -93,10 +145,34 @@ def log_metrics(logger: MLFlowLogger, metrics: dict[str, float], step: int | Non
 
 
 @contextmanager
-def terminal_status(logger: MLFlowLogger) -> Iterator[None]:
-    """Mark the run FINISHED on success, KILLED on KeyboardInterrupt/SystemExit, FAILED on any other error."""
+def sigterm_exits() -> Iterator[None]:
+    """While active (main thread only), SIGTERM raises ``SystemExit(128 + SIGTERM)`` once, so ``finally`` blocks
+    and status updates run (Python's default action would end the process on the spot)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal fired
+        if not fired:  # a second SIGTERM must not interrupt the clean-up of the first
+            fired = True
+            raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def terminal_status(logger: MLFlowLogger) -> Iterator[None]:
+    """Mark the run FINISHED on success, KILLED on KeyboardInterrupt/SystemExit (incl. SIGTERM, see
+    :func:`sigterm_exits`), FAILED on any other error."""
+    try:
+        with sigterm_exits():
+            yield
     except (KeyboardInterrupt, SystemExit):
         logger.experiment.set_terminated(logger.run_id, "KILLED")
         raise

@@ -225,6 +225,8 @@ class RetrieverSystem(L.LightningModule):
         qrels_all = datamodule.dataset.split(datamodule.settings.dev_split).qrels
         qrels = {qid: qrels_all.get(qid, {}) for qid in batch["query_ids"]}
         aggregate, _ = evaluate_run(qrels, run, k_values=(10, 100))
+        if not aggregate:  # no query of this batch has a relevant passage: nothing to average
+            return
         size = len(batch["query_ids"])
         for name in VAL_METRICS:
             self.log(

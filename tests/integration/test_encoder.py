@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -203,15 +204,26 @@ def test_prepare_mpnet_names_missing_part_packages(tmp_path: Path, monkeypatch: 
 
 @pytest.mark.slow
 def test_real_mpnet_parts_load(tmp_path: Path) -> None:
-    """Assemble the real all-mpnet-base-v2 (about 440 MB) and check it encodes to 768-d unit vectors."""
+    """Assemble the real all-mpnet-base-v2 (about 440 MB) and check it against sentence-transformers."""
     try:
         assets._mpnet_parts()
     except MissingDependencyError as err:
         pytest.skip(str(err))
-    encoder = DualEncoder.from_config(
-        EncoderConfig(name="mpnet", source="mpnet_parts"), cache_dir=str(tmp_path)
-    )
-    batch = encoder.tokenize(["a test sentence"], "doc")
-    with torch.inference_mode():
-        out = encoder.encode(batch["input_ids"], batch["attention_mask"], "doc")
-    assert out.shape == (1, 768) and abs(out.norm().item() - 1) < 1e-5
+    try:
+        encoder = DualEncoder.from_config(
+            EncoderConfig(name="mpnet", source="mpnet_parts"), cache_dir=str(tmp_path)
+        )
+        texts = [
+            "a test sentence",
+            "all-mpnet-base-v2 maps sentences to a 768 dimensional dense vector space",
+        ]
+        batch = encoder.tokenize(texts, "doc")
+        with torch.inference_mode():
+            ours = encoder.encode(batch["input_ids"], batch["attention_mask"], "doc")
+        assert ours.shape == (2, 768) and torch.allclose(ours.norm(dim=1), torch.ones(2), atol=1e-5)
+        st = pytest.importorskip("sentence_transformers")
+        folder = assets.prepare_mpnet(tmp_path)
+        theirs = torch.from_numpy(st.SentenceTransformer(str(folder), device="cpu").encode(texts))
+        assert torch.nn.functional.cosine_similarity(ours, theirs).min() > 0.9999
+    finally:
+        shutil.rmtree(tmp_path / "models", ignore_errors=True)  # do not keep 440 MB in pytest's temp folders

@@ -77,7 +77,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dic
         "options": {"max_model_len": 1024, "kv_cache_space_gib": 0.5},
         "cases": [
             _case("native", "vllm_native", [*good[:2], too_long, good[2]], "naive:2", 700),
-            _case("native_again", "vllm_native", good, "naive:2", 700),
+            _case("native_again", "vllm_native", [*good[:2], too_long, good[2]], "naive:2", 700),
             _case("outlines", "outlines", good, "naive:2", 700),
         ],
     }
@@ -115,10 +115,11 @@ def test_tiny_llama_native_batch_validates_and_isolates_a_bad_request(tiny_run: 
 
 
 @pytest.mark.vllm
-def test_tiny_llama_same_seed_same_output(tiny_run: dict[str, Any]) -> None:
-    first = {o["key"]: o["text"] for o in tiny_run["cases"]["native"]["outputs"]}
-    again = {o["key"]: o["text"] for o in tiny_run["cases"]["native_again"]["outputs"]}
-    assert [again[k] for k in ("q0", "q1", "q2")] == [first[k] for k in ("q0", "q1", "q2")]
+def test_tiny_llama_same_requests_same_outputs(tiny_run: dict[str, Any]) -> None:
+    """Seeds are per request: the same batch again (prefix cache now warm) gives the same texts."""
+    first = [o["text"] for o in tiny_run["cases"]["native"]["outputs"]]
+    again = [o["text"] for o in tiny_run["cases"]["native_again"]["outputs"]]
+    assert again == first
 
 
 @pytest.mark.vllm

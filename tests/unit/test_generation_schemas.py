@@ -21,7 +21,12 @@ from causalneg.generation.schemas import (
 
 
 def strategy(k: int, type_: str = "entity_shift") -> dict[str, Any]:
-    return {"id": f"S{k}", "type": type_, "direction": "swap the composer", "why_not_answer": "names someone else"}
+    return {
+        "id": f"S{k}",
+        "type": type_,
+        "direction": "swap the composer",
+        "why_not_answer": "names someone else",
+    }
 
 
 def node(i: int, critical: bool, n_strategies: int) -> dict[str, Any]:
@@ -36,7 +41,11 @@ def node(i: int, critical: bool, n_strategies: int) -> dict[str, Any]:
 
 def decomposition(**changes: Any) -> dict[str, Any]:
     value = {
-        "query_info": {"core_need": "who wrote it", "how_positive_answers": "names him", "answer_boundary": "a name"},
+        "query_info": {
+            "core_need": "who wrote it",
+            "how_positive_answers": "names him",
+            "answer_boundary": "a name",
+        },
         "chain_nodes": [node(1, True, 2), node(2, False, 0), node(3, False, 1), node(4, True, 3)],
     }
     value.update(changes)
@@ -55,12 +64,30 @@ def test_valid_decomposition_round_trips() -> None:
     [
         ({"chain_nodes": [node(i, True, 2) for i in range(1, 4)]}, "at least 4"),
         ({"chain_nodes": [node(i, True, 2) for i in range(1, 10)]}, "at most 8"),
-        ({"chain_nodes": [node(1, True, 1), node(2, False, 0), node(3, False, 0), node(4, False, 0)]}, "needs 2-3"),
-        ({"chain_nodes": [node(1, True, 2), node(1, False, 0), node(3, False, 0), node(4, False, 0)]}, "not unique"),
+        (
+            {"chain_nodes": [node(1, True, 1), node(2, False, 0), node(3, False, 0), node(4, False, 0)]},
+            "needs 2-3",
+        ),
+        (
+            {"chain_nodes": [node(1, True, 2), node(1, False, 0), node(3, False, 0), node(4, False, 0)]},
+            "not unique",
+        ),
         ({"chain_nodes": [node(i, False, 1) for i in range(1, 5)]}, "no node is critical"),
         ({"chain_nodes": [node(1, True, 4), *[node(i, False, 0) for i in range(2, 5)]]}, "at most 3"),
-        ({"query_info": {"core_need": "x" * (SHORT_TEXT + 1), "how_positive_answers": "a", "answer_boundary": "b"}}, "at most"),
-        ({"query_info": {"core_need": "", "how_positive_answers": "a", "answer_boundary": "b"}}, "at least 1"),
+        (
+            {
+                "query_info": {
+                    "core_need": "x" * (SHORT_TEXT + 1),
+                    "how_positive_answers": "a",
+                    "answer_boundary": "b",
+                }
+            },
+            "at most",
+        ),
+        (
+            {"query_info": {"core_need": "", "how_positive_answers": "a", "answer_boundary": "b"}},
+            "at least 1",
+        ),
         ({"extra": 1}, "Extra inputs"),
     ],
 )
@@ -73,7 +100,9 @@ def test_duplicate_strategy_ids_fail() -> None:
     bad = node(1, True, 2)
     bad["break_strategies"][1]["id"] = "S1"
     with pytest.raises(ValidationError, match="strategy ids of node N1"):
-        Decomposition.model_validate(decomposition(chain_nodes=[bad, *[node(i, False, 0) for i in range(2, 5)]]))
+        Decomposition.model_validate(
+            decomposition(chain_nodes=[bad, *[node(i, False, 0) for i in range(2, 5)]])
+        )
 
 
 def negative(**changes: Any) -> dict[str, Any]:
@@ -117,7 +146,9 @@ def test_naive_bounds() -> None:
 def test_reference_error() -> None:
     parsed = Decomposition.model_validate(decomposition())
     assert reference_error(PerturbedNegative.model_validate(negative()), parsed) is None
-    assert "no strategy S3 on node N1" in str(reference_error(PerturbedNegative.model_validate(negative(strategy_id="S3")), parsed))
+    assert "no strategy S3 on node N1" in str(
+        reference_error(PerturbedNegative.model_validate(negative(strategy_id="S3")), parsed)
+    )
     mismatch = PerturbedNegative.model_validate(negative(strategy_type="intent_drift"))
     assert "!= entity_shift" in str(reference_error(mismatch, parsed))
 
@@ -126,7 +157,13 @@ def _walk(schema: Any, path: str = "$") -> list[str]:
     """Paths of strings without maxLength and arrays without maxItems in a JSON schema."""
     problems: list[str] = []
     if isinstance(schema, dict):
-        if schema.get("type") == "string" and "maxLength" not in schema and "const" not in schema and "enum" not in schema and "pattern" not in schema:
+        if (
+            schema.get("type") == "string"
+            and "maxLength" not in schema
+            and "const" not in schema
+            and "enum" not in schema
+            and "pattern" not in schema
+        ):
             problems.append(path)
         if schema.get("type") == "array" and "maxItems" not in schema:
             problems.append(path)
@@ -147,7 +184,9 @@ def test_decoding_schema_fixes_ids_and_critical_strategies() -> None:
     schema = Decomposition.model_json_schema()
     nodes = schema["properties"]["chain_nodes"]
     assert (nodes["minItems"], nodes["maxItems"], nodes["items"]) == (4, 8, False)
-    assert [ref["$ref"].rsplit("/", 1)[1] for ref in nodes["prefixItems"]] == [f"NodeN{i}" for i in range(1, 9)]
+    assert [ref["$ref"].rsplit("/", 1)[1] for ref in nodes["prefixItems"]] == [
+        f"NodeN{i}" for i in range(1, 9)
+    ]
     critical, supporting = schema["$defs"]["NodeN3"]["anyOf"]
     assert critical["properties"]["node_id"]["const"] == "N3"
     assert critical["properties"]["critical"]["const"] is True
@@ -159,12 +198,22 @@ def test_decoding_schema_fixes_ids_and_critical_strategies() -> None:
 
 def test_schema_hash_is_stable_and_specific() -> None:
     assert schema_hash(Decomposition) == schema_hash(Decomposition)
-    assert len({schema_hash(Decomposition), schema_hash(perturbation_schema(3)), schema_hash(perturbation_schema(2))}) == 3
+    assert (
+        len(
+            {
+                schema_hash(Decomposition),
+                schema_hash(perturbation_schema(3)),
+                schema_hash(perturbation_schema(2)),
+            }
+        )
+        == 3
+    )
 
 
 def test_grammar_enforces_the_decoding_schema(tmp_path: Any) -> None:
     """llguidance (the default grammar engine) accepts a valid instance and stops at each violated bound."""
-    llguidance = pytest.importorskip("llguidance")
+    pytest.importorskip("llguidance")
+    import llguidance
     import llguidance.hf
     from transformers import AutoTokenizer
 
@@ -181,7 +230,11 @@ def test_grammar_enforces_the_decoding_schema(tmp_path: Any) -> None:
         return all(matcher.consume_token(t) for t in ids) and matcher.is_accepting()
 
     assert accepted(decomposition())
-    assert not accepted(decomposition(chain_nodes=[node(1, True, 1), *[node(i, False, 0) for i in range(2, 5)]]))
-    assert not accepted(decomposition(chain_nodes=[node(2, True, 2), *[node(i, False, 0) for i in range(2, 5)]]))
+    assert not accepted(
+        decomposition(chain_nodes=[node(1, True, 1), *[node(i, False, 0) for i in range(2, 5)]])
+    )
+    assert not accepted(
+        decomposition(chain_nodes=[node(2, True, 2), *[node(i, False, 0) for i in range(2, 5)]])
+    )
     too_long = {"core_need": "x" * (SHORT_TEXT + 1), "how_positive_answers": "a", "answer_boundary": "b"}
     assert not accepted(decomposition(query_info=too_long))

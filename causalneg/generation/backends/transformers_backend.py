@@ -24,8 +24,8 @@ rounding from left padding) and the global RNG is never touched. ``temperature =
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from pydantic import BaseModel
@@ -105,7 +105,7 @@ class TransformersBackend:
         grammar: str = "llguidance",
         batch_size: int = 4,
         device: str = "cpu",
-        logit_bias: dict[str, float] | None = None,
+        logit_bias: Mapping[str, float] | Sequence[Sequence[Any]] | None = None,
     ) -> None:
         import outlines
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -116,21 +116,26 @@ class TransformersBackend:
             raise ConfigError(f"generation.backend.batch_size must be >= 1, got {batch_size}")
         self.model_id = model_id or model_path
         self.grammar, self.batch_size = grammar, batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.hf_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(
-            device
+        # cast: transformers' stubs type these loaders too narrowly for outlines' signatures
+        self.tokenizer = cast(Any, AutoTokenizer.from_pretrained(model_path))
+        self.hf_model = cast(
+            Any, AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
         )
-        self.hf_model.eval()
+        self.hf_model.to(device).eval()
         self.model = outlines.from_transformers(self.hf_model, self.tokenizer)
         self._generators: dict[str, tuple[Any, SeededSampler]] = {}
         self.logit_bias = self._token_bias(logit_bias or {})
         eos = self.tokenizer.eos_token_id
         self._eos_id = int(eos if eos is not None else next(iter(self._stop_ids())))
 
-    def _token_bias(self, bias: dict[str, float]) -> dict[int, float]:
-        """OpenAI-style ``logit_bias`` keyed by token text (each must be exactly one token)."""
+    def _token_bias(self, bias: Mapping[str, float] | Sequence[Sequence[Any]]) -> dict[int, float]:
+        """``logit_bias`` by token text (each exactly one token): ``{text: bias}`` or ``[[text, bias], ...]``.
+
+        The list form suits configs: Hydra overrides and MLflow parameter names cannot hold arbitrary keys.
+        """
+        pairs = list(bias.items()) if isinstance(bias, Mapping) else [tuple(pair) for pair in bias]
         out: dict[int, float] = {}
-        for text, value in bias.items():
+        for text, value in pairs:
             ids = self.tokenizer.encode(str(text), add_special_tokens=False)
             if len(ids) != 1:
                 raise ConfigError(f"generation.backend.logit_bias: {text!r} is {len(ids)} tokens, not one")

@@ -30,9 +30,10 @@ Two ways to hand requests to the engine (``structured_backend``):
   outlines returns text only, output tokens are counted by re-tokenising the text (the end-of-sequence
   token is not counted) and the finish reason is unknown (None).
 
-The native path is the default: per-request seeds in one batch (so a request's output does not depend on its
-batch mates, which resumable generation needs), real token counts and finish reasons; measured numbers are in
-``experiments/bench_generation.py`` and the engineer's report.
+The native path is the default: per-request seeds in one batch (each request samples from its own seeded
+stream, so its output does not depend on its batch mates, up to floating-point differences from the batch's
+shape, which can flip a token where logits are nearly tied), real token counts and finish reasons. Measured
+with ``experiments/bench_generation.py``.
 
 The chat template is applied exactly once, by vLLM (``llm.chat``, and outlines' ``Chat`` also goes through
 ``llm.chat``). Requests are never templated by us.
