@@ -40,7 +40,7 @@ class TimedBackend:
 
     def __init__(self, inner: Any) -> None:
         self.inner, self.name, self.model_id = inner, inner.name, inner.model_id
-        self.seconds: Counter[str] = Counter()
+        self.seconds: dict[str, float] = {}
         self.requests: Counter[str] = Counter()
         self.tokens: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
@@ -50,7 +50,7 @@ class TimedBackend:
         stage = "decompose" if name == "Decomposition" else "naive" if name.startswith("Naive") else "perturb"
         start = time.perf_counter()
         outputs: list[Any] = self.inner.generate(requests, schema, sampling)
-        self.seconds[stage] += time.perf_counter() - start
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
         self.requests[stage] += len(requests)
         self.tokens[stage] += sum(o.output_tokens for o in outputs)
         self.errors[stage] += sum(o.error is not None for o in outputs)
@@ -86,11 +86,45 @@ def compose(model: str, backend: str, n: int, root: Path, overrides: Sequence[st
         )
 
 
+def decompose_only(items: Sequence[Any], backend: Any, settings: Any) -> Any:
+    """Only the decompose stage: the same requests (and seeds) as the pipeline's first round, one call."""
+    from causalneg.generation.backends.base import GenerationRequest
+    from causalneg.generation.filters import parse_output
+    from causalneg.generation.pipeline import PipelineResult
+    from causalneg.generation.prompting import render_messages
+    from causalneg.generation.schemas import Decomposition
+    from causalneg.generation.store import derive_seed
+
+    requests = [
+        GenerationRequest(
+            item.query_id,
+            render_messages("decompose", item, settings.num_negatives),
+            derive_seed(settings.seed, item.query_id, "decompose", 0),
+        )
+        for item in items
+    ]
+    outputs = backend.generate(requests, Decomposition, settings.stage_sampling("decompose", 0))
+    reasons: Counter[str] = Counter()
+    for output in outputs:
+        _, verdict = parse_output(output, Decomposition)
+        reasons[verdict.reason or "valid"] += 1
+    valid = reasons.pop("valid", 0)
+    counts = {
+        "per_stage": {"decompose": {"requests": len(items), "valid": valid}},
+        "validity_rate": valid / max(1, len(items)),
+        "negatives_kept": 0,
+        "negatives_rejected": 0,
+        "kept_rate": 0.0,
+        "rejections": dict(reasons),
+    }
+    return PipelineResult(rows=[], rejected=[], decompositions=[], counts=counts)
+
+
 def kept_valid_share(result: Any, journal: Path, schema: Any) -> tuple[int, int]:
     """(kept negatives whose raw output re-validates against its stage schema, kept negatives)."""
 
     texts = {}
-    for line in journal.read_text().splitlines():
+    for line in journal.read_text().splitlines() if journal.is_file() else []:
         record = json.loads(line)
         texts[record["key"]] = record["text"]
     ok = total = 0
@@ -140,7 +174,12 @@ def run_backend(name: str, args: argparse.Namespace, root: Path) -> dict[str, An
     startup = time.perf_counter() - start
     journal = root / f"journal-{name}.jsonl"
     try:
-        result = run_pipeline(items, backend, RequestStore(journal), pipeline_settings(cfg), filters, embed)
+        if args.only_decompose:
+            result = decompose_only(items, backend, pipeline_settings(cfg))
+        else:
+            result = run_pipeline(
+                items, backend, RequestStore(journal), pipeline_settings(cfg), filters, embed
+            )
     finally:
         backend.close()
     from causalneg.generation.schemas import naive_schema, perturbation_schema
@@ -157,6 +196,7 @@ def run_backend(name: str, args: argparse.Namespace, root: Path) -> dict[str, An
         "errors": dict(backend.errors),
         "counts": result.counts,
         "kept_valid": [ok, total],
+        "rejected_sample": [{k: v for k, v in r.items() if k != "raw"} for r in result.rejected[:20]],
         "load": [load_before, os.getloadavg()],
     }
 
@@ -229,12 +269,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--model", default="smollm2", choices=["smollm2", "qwen_coder_0_5b", "qwen_coder_1_5b"]
     )
     parser.add_argument("--n", type=int, default=32, help="HotpotQA training queries (requests per stage)")
-    parser.add_argument("--backends", default="transformers,vllm")
+    parser.add_argument("--backends", default="vllm,transformers", help="comma-separated, run in this order")
     parser.add_argument(
         "--threads", type=int, default=1, help="cores per backend (torch threads / vLLM binding)"
     )
     parser.add_argument("--method", default="causalneg", choices=["causalneg", "naive"])
     parser.add_argument("--num-negatives", type=int, default=3)
+    parser.add_argument("--only-decompose", action="store_true", help="run the decompose stage only")
     parser.add_argument("--transformers-batch", type=int, default=4)
     parser.add_argument("--vllm-option", action="append", default=[], help="KEY=VALUE for generation.backend")
     parser.add_argument("--override", action="append", default=[], help="any extra Hydra override")
@@ -255,9 +296,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in args.backends.split(","):
             print(f"[bench] {name}: {args.n} queries, model {args.model} ...", file=sys.stderr, flush=True)
             results.append(run_backend(name, args, Path(tmp)))
-    print_tables(results)
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+            print_tables(results)  # after each backend: a long run shows its first half early
+            if args.json is not None:
+                args.json.write_text(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":

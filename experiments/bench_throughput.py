@@ -1,6 +1,6 @@
 """Training and corpus-encoding throughput: the sentence-transformers recipe against ours, in one process.
 
-    python experiments/bench_throughput.py [--queries 8] [--negatives 4] [--warmup 1] [--steps 2]
+    python experiments/bench_throughput.py [--queries 16] [--negatives 4] [--warmup 1] [--steps 2]
         [--passages 1000] [--threads 2] [--variants peer,ours-32,ours-32-plain,ours-bf16]
         [--bf16-warmup 0] [--bf16-steps 1] [--bf16-passages 200] [--skip-encode]
 
@@ -11,21 +11,24 @@ the same batches in the same order, AdamW (lr 2e-5; ours: foreach=True, the peer
 gradient clipping at norm 1.0.
 
 * ``peer``: sentence-transformers with its defaults (fp32, max_seq_length 256, SDPA attention, the model's
-  dropout), ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` on (anchor, positive,
-  negative_1..k) columns (HF Trainer defaults: fused AdamW, max_grad_norm 1.0); ``model.encode`` (batch 32,
+  dropout): its ``SentenceTransformerTrainer`` collates (anchor, positive, negative_1..k) columns, and each step
+  is what its loop runs: ``trainer.training_step`` (``MultipleNegativesRankingLoss`` forward + backward),
+  clipping, the optimizer it creates by default (fused AdamW) and its scheduler. ``model.encode`` (batch 32,
   length-sorted) for the corpus.
-* ``ours-32`` / ``ours-bf16``: ``RetrieverSystem`` (defaults: bucketed document chunks, no attention dropout)
-  under a Lightning ``Trainer`` at ``precision=32-true`` / ``bf16-mixed``, InfoNCE tau = 0.05 with in-batch
-  negatives (like MNRL); ``encode_texts`` (batch 128, length-bucketed) at ``32-true`` / ``bf16``.
+* ``ours-32`` / ``ours-bf16``: ``RetrieverSystem.training_step`` (defaults: bucketed document chunks, no
+  attention dropout; InfoNCE tau = 0.05 with in-batch negatives, like MNRL) under the autocast that Lightning's
+  ``32-true`` / ``bf16-mixed`` plugins apply, backward, clipping, AdamW (foreach). ``encode_texts`` (batch 128,
+  length-bucketed) at ``32-true`` / ``bf16`` for the corpus. (tests/integration/test_precision.py checks that a
+  Lightning ``bf16-mixed`` fit really runs the encoder under bf16 autocast.)
 * ``ours-32-plain``: ours without this issue's training changes (``train_chunk_tokens=None``,
   ``attention_dropout=None``), to attribute the gain.
 
-Training throughput = queries per batch / mean step time over the timed steps after the warm-up, a step
-running from the trainer's step-begin hook to its step-end hook (forward, backward, clipping, optimizer step;
-start-up excluded). bf16 on a CPU without native bf16 is an order of magnitude slower, so its step and passage
-counts have their own (smaller) settings. Encoding throughput = passages / wall time. Every row records the
-load average before and after: the machine is shared, so compare ratios within one run. Targets (issue #8):
-training >= 3x the peer's fp32 examples/s, encoding >= 2x its passages/s.
+Training: the variants run round-robin, one step each on the same batch per round, so that load from other
+processes hits all of them alike; collation is done up front and not timed; throughput = queries per batch /
+mean step time over the timed steps after the warm-up. bf16 on a CPU without native bf16 is an order of
+magnitude slower, so it has its own (smaller) step and passage counts. Encoding throughput = passages / wall
+time. The load average is recorded around each phase: the machine is shared, so compare ratios within one run.
+Targets (issue #8): training >= 3x the peer's fp32 examples/s, encoding >= 2x its passages/s.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import random
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,19 +52,31 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from causalneg.data.batching import EpochGroupSampler, GroupCollator, GroupDataset
 from causalneg.data.groups import GroupSpec, QueryPool
 from causalneg.data.selection import select_query_ids
 from causalneg.data.sources.beir import load_beir
-from causalneg.evaluation.encoding import encode_texts_with_stats, length_batches, padded_slots
+from causalneg.evaluation.encoding import (
+    autocast_context,
+    encode_texts_with_stats,
+    length_batches,
+    padded_slots,
+)
 from causalneg.losses import InfoNCE, Objective
 from causalneg.models.assets import MINILM_PACKAGE, package_model_dir
 from causalneg.models.encoder import DualEncoder, EncoderConfig
 from causalneg.records import Negative, NegativeSource, Passage, Query
 from causalneg.training.system import RetrieverSystem, native_bf16_cpu
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hotpotqa_distractor_subset"
+# training_step logs through self.log; outside a Trainer those calls are no-ops that warn once.
+warnings.filterwarnings(
+    "ignore", message=r".*self\.log\(\)` but the `self\.trainer` reference is not registered"
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / ".." / "shared" / "data" / "hotpotqa_distractor_subset"
 LR, CLIP = 2e-5, 1.0
 
 
@@ -99,6 +115,13 @@ def load_examples(path: Path, n: int, k: int, seed: int = 0) -> tuple[list[Examp
     return [examples[i] for i in chosen], [p.full_text for p in dataset.corpus.values()]
 
 
+def minilm_config() -> EncoderConfig:
+    """conf/model/minilm.yaml (max lengths per side, pooling), the model our training runs use."""
+    node = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / "minilm.yaml"), resolve=True)
+    assert isinstance(node, dict)
+    return EncoderConfig.from_dict({str(k): v for k, v in node.items()})
+
+
 def uptime() -> str:
     """The 1/5/15-minute load averages as `uptime` prints them."""
     out = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
@@ -128,7 +151,7 @@ def training_padding(
 ) -> dict[str, tuple[float, float]]:
     """(token positions computed per step, padding fraction) for one training step's texts: the peer (queries
     padded to their longest, at most 256; the k+1 document columns merged and padded to the longest document),
-    ours as collated (queries <= 32 tokens, positives and negatives each padded to their own longest) and ours
+    ours as collated (queries up to model.query_max_length, positives and negatives each padded to their own longest) and ours
     bucketed (encode_bucketed's chunks of 4096 positions)."""
     totals = {"peer": [0, 0], "ours (as collated)": [0, 0], "ours (bucketed)": [0, 0]}
     steps = 0
@@ -166,120 +189,144 @@ def encoding_padding(encoder: DualEncoder, texts: list[str]) -> dict[str, float]
 
 
 # -- training --------------------------------------------------------------------------------------------------
-def train_peer(examples: list[Example], batch: int, steps: int, workdir: Path) -> list[float]:
-    """Step durations of sentence-transformers' trainer (its defaults, batches in order)."""
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from sentence_transformers import SentenceTransformerTrainingArguments as Args
-    from sentence_transformers.base.sampler import DefaultBatchSampler
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from torch.utils.data import SequentialSampler
-    from transformers import TrainerCallback
+class PeerRunner:
+    """sentence-transformers' own training step: its trainer's collated batches (untimed), then what its loop
+    does per step: ``trainer.training_step`` (MNRL forward + backward), gradient clipping, the optimizer it
+    creates by default (fused AdamW) and its scheduler."""
 
-    columns = {
-        "anchor": [e.query.text for e in examples],
-        "positive": [e.positive.full_text for e in examples],
-    }
-    for j in range(len(examples[0].negatives)):
-        columns[f"negative_{j + 1}"] = [e.negatives[j].full_text for e in examples]
-    durations: list[float] = []
+    def __init__(self, examples: list[Example], batch: int, workdir: Path) -> None:
+        from datasets import Dataset
+        from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+        from sentence_transformers import SentenceTransformerTrainingArguments as Args
+        from sentence_transformers.base.sampler import DefaultBatchSampler
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        from torch.utils.data import SequentialSampler
 
-    class StepClock(TrainerCallback):
-        def on_step_begin(self, *args: object, **kwargs: object) -> None:
-            self.began = time.perf_counter()
+        columns = {
+            "anchor": [e.query.text for e in examples],
+            "positive": [e.positive.full_text for e in examples],
+        }
+        for j in range(len(examples[0].negatives)):
+            columns[f"negative_{j + 1}"] = [e.negatives[j].full_text for e in examples]
+        self.model = SentenceTransformer(str(package_model_dir(MINILM_PACKAGE)), device="cpu")
+        args = Args(
+            output_dir=str(workdir / "peer"),
+            per_device_train_batch_size=batch,
+            learning_rate=LR,
+            max_grad_norm=CLIP,
+            seed=0,
+            report_to="none",
+            use_cpu=True,
+            batch_sampler=lambda dataset, **kw: DefaultBatchSampler(SequentialSampler(dataset), **kw),
+        )
+        loss = MultipleNegativesRankingLoss(self.model)
+        self.trainer = SentenceTransformerTrainer(
+            model=self.model, args=args, train_dataset=Dataset.from_dict(columns), loss=loss
+        )
+        self.batches = list(self.trainer.get_train_dataloader())
+        self.trainer.create_optimizer_and_scheduler(num_training_steps=len(self.batches))
+        self.trainer.current_gradient_accumulation_steps = 1  # what its loop sets without accumulation
+        self.optimizer_name = type(self.trainer.optimizer).__name__ + f"(fused={self._fused()})"
 
-        def on_step_end(self, *args: object, **kwargs: object) -> None:
-            durations.append(time.perf_counter() - self.began)
+    def _fused(self) -> bool:
+        return bool(self.trainer.optimizer.defaults.get("fused"))  # type: ignore[union-attr]
 
-    model = SentenceTransformer(str(package_model_dir(MINILM_PACKAGE)), device="cpu")
-    args = Args(
-        output_dir=str(workdir / "peer"),
-        per_device_train_batch_size=batch,
-        max_steps=steps,
-        learning_rate=LR,
-        max_grad_norm=CLIP,
-        seed=0,
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        use_cpu=True,
-        batch_sampler=lambda dataset, **kw: DefaultBatchSampler(SequentialSampler(dataset), **kw),
-    )
-    trainer = SentenceTransformerTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_dict(columns),
-        loss=MultipleNegativesRankingLoss(model),
-        callbacks=[StepClock()],
-    )
-    trainer.train()
-    return durations
+    def step(self, index: int) -> None:
+        trainer = self.trainer
+        trainer.training_step(trainer.model, self.batches[index])
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP)
+        trainer.optimizer.step()  # type: ignore[union-attr]
+        trainer.lr_scheduler.step()  # type: ignore[union-attr]
+        trainer.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
 
 
-class StepClockL(L.Callback):
-    """Duration of every training step, and the dtype a linear layer produced (is bf16 autocast on?)."""
+class OursRunner:
+    """Our training step: collated group batches (untimed), then ``RetrieverSystem.training_step`` under the
+    autocast Lightning's ``precision`` plugin uses (bf16-mixed: ``torch.autocast("cpu", bfloat16)``),
+    backward, gradient clipping and AdamW (foreach)."""
 
-    def __init__(self) -> None:
-        self.durations: list[float] = []
+    def __init__(self, examples: list[Example], batch: int, precision: str, plain: bool) -> None:
+        encoder = DualEncoder.from_config(minilm_config())
+        spec = GroupSpec(num_mined=len(examples[0].negatives))
+        pools = [
+            QueryPool(
+                e.query,
+                (e.positive,),
+                tuple(Negative(d.full_text, NegativeSource.MINED, passage_id=d.id) for d in e.negatives),
+            )
+            for e in examples
+        ]
+        loader = torch.utils.data.DataLoader(
+            GroupDataset(pools, spec, seed=0),
+            batch_size=batch,
+            sampler=EpochGroupSampler(len(pools), seed=0, shuffle=False),
+            collate_fn=GroupCollator(encoder.tokenize, spec.total),
+        )
+        self.batches = list(loader)
+        throughput_off = {"train_chunk_tokens": None, "attention_dropout": None} if plain else {}
+        self.system = RetrieverSystem(
+            encoder,
+            Objective(InfoNCE(temperature=0.05, in_batch_negatives=True)),
+            optimizer=lambda params: torch.optim.AdamW(params, lr=LR),
+            **throughput_off,  # type: ignore[arg-type]
+        )
+        self.optimizer = torch.optim.AdamW(self.system.parameters(), lr=LR, foreach=True)
+        self.precision = precision
         self.linear_dtype: torch.dtype | None = None
+        linear = next(m for m in self.system.modules() if isinstance(m, torch.nn.Linear))
+        self._hook = linear.register_forward_hook(self._record)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        linear = next(m for m in pl_module.modules() if isinstance(m, torch.nn.Linear))
-
-        def record(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
-            self.linear_dtype = output.dtype
-
-        self._hook = linear.register_forward_hook(record)
-
-    def on_train_batch_start(self, *args: object, **kwargs: object) -> None:
-        self._began = time.perf_counter()
-
-    def on_train_batch_end(self, *args: object, **kwargs: object) -> None:
-        self.durations.append(time.perf_counter() - self._began)
+    def _record(self, module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+        self.linear_dtype = output.dtype
         self._hook.remove()
 
+    def step(self, index: int) -> None:
+        self.system.train()
+        with autocast_context(self.precision, torch.device("cpu")):
+            loss = self.system.training_step(self.batches[index], index)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.system.parameters(), CLIP)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
-def train_ours(examples: list[Example], batch: int, steps: int, precision: str, plain: bool) -> StepClockL:
-    encoder = DualEncoder.from_config(EncoderConfig())
-    spec = GroupSpec(num_mined=len(examples[0].negatives))
-    pools = [
-        QueryPool(
-            e.query,
-            (e.positive,),
-            tuple(Negative(d.full_text, NegativeSource.MINED, passage_id=d.id) for d in e.negatives),
+
+def run_training(args: argparse.Namespace, examples: list[Example], variants: list[str]) -> list[Row]:
+    """Round-robin over the variants, one step each per round on the same batch, so that load from other
+    processes hits every variant alike; returns one row per variant (mean of its timed steps)."""
+    runners: dict[str, PeerRunner | OursRunner] = {}
+    plan: dict[str, tuple[int, int]] = {}  # variant -> (warm-up steps, timed steps)
+    with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
+        for variant in variants:
+            bf16 = variant.endswith("bf16")
+            plan[variant] = (
+                args.bf16_warmup if bf16 and args.bf16_warmup is not None else args.warmup,
+                args.bf16_steps if bf16 and args.bf16_steps is not None else args.steps,
+            )
+            if variant == "peer":
+                runners[variant] = PeerRunner(examples, args.queries, Path(tmp))
+            else:
+                precision = "bf16" if bf16 else "32-true"
+                runners[variant] = OursRunner(examples, args.queries, precision, variant.endswith("plain"))
+        durations: dict[str, list[float]] = {v: [] for v in variants}
+        before = uptime()
+        for index in range(max(w + s for w, s in plan.values())):
+            for variant, runner in runners.items():
+                if index < sum(plan[variant]):
+                    started = time.perf_counter()
+                    runner.step(index)
+                    durations[variant].append(time.perf_counter() - started)
+                    print(f"[bench] step {index} {variant}: {durations[variant][-1]:.1f} s", flush=True)
+        load = f"{before} -> {uptime()}"
+    rows = []
+    for variant, runner in runners.items():
+        warmup, steps = plan[variant]
+        step = mean_step(durations[variant], warmup)
+        detail = (
+            runner.optimizer_name if isinstance(runner, PeerRunner) else f"linear out {runner.linear_dtype}"
         )
-        for e in examples
-    ]
-    loader = torch.utils.data.DataLoader(
-        GroupDataset(pools, spec, seed=0),
-        batch_size=batch,
-        sampler=EpochGroupSampler(len(pools), seed=0, shuffle=False),
-        collate_fn=GroupCollator(encoder.tokenize, spec.total),
-    )
-    system = RetrieverSystem(
-        encoder,
-        Objective(InfoNCE(temperature=0.05, in_batch_negatives=True)),
-        optimizer=lambda params: torch.optim.AdamW(params, lr=LR, foreach=True),
-        **({"train_chunk_tokens": None, "attention_dropout": None} if plain else {}),  # type: ignore[arg-type]
-    )
-    clock = StepClockL()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision=precision,  # type: ignore[arg-type]
-        max_steps=steps,
-        gradient_clip_val=CLIP,
-        logger=False,
-        callbacks=[clock],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    system.train()
-    trainer.fit(system, train_dataloaders=loader)
-    return clock
+        note = f"{warmup}+{steps} steps; {detail}".replace("torch.", "")
+        rows.append(Row("train", variant, step, args.queries / step, load, note))
+    return rows
 
 
 # -- encoding --------------------------------------------------------------------------------------------------
@@ -293,7 +340,7 @@ def encode_peer(texts: list[str]) -> tuple[torch.Tensor, float]:
 
 
 def encode_ours(texts: list[str], precision: str) -> tuple[torch.Tensor, float]:
-    encoder = DualEncoder.from_config(EncoderConfig())
+    encoder = DualEncoder.from_config(minilm_config())
     vectors, stats = encode_texts_with_stats(
         encoder, texts, "doc", batch_size=128, precision=precision, progress=False
     )
@@ -304,7 +351,7 @@ def encode_ours(texts: list[str], precision: str) -> tuple[torch.Tensor, float]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--queries", type=int, default=8, help="queries per training batch")
+    parser.add_argument("--queries", type=int, default=16, help="queries per training batch")
     parser.add_argument("--negatives", type=int, default=4, help="hard negatives per query")
     parser.add_argument("--warmup", type=int, default=1, help="untimed training steps first")
     parser.add_argument("--steps", type=int, default=2, help="timed training steps after the warm-up")
@@ -318,29 +365,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--variants", default="peer,ours-32,ours-32-plain,ours-bf16")
     parser.add_argument("--skip-encode", action="store_true")
     return parser.parse_args()
-
-
-def run_training(args: argparse.Namespace, examples: list[Example], variants: list[str]) -> list[Row]:
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
-        for variant in variants:
-            bf16 = variant.endswith("bf16")
-            warmup = args.bf16_warmup if bf16 and args.bf16_warmup is not None else args.warmup
-            steps = args.bf16_steps if bf16 and args.bf16_steps is not None else args.steps
-            before, note = uptime(), f"{warmup}+{steps} steps"
-            if variant == "peer":
-                durations = train_peer(examples, args.queries, warmup + steps, Path(tmp))
-            else:
-                precision = "bf16-mixed" if bf16 else "32-true"
-                clock = train_ours(
-                    examples, args.queries, warmup + steps, precision, variant.endswith("plain")
-                )
-                durations = clock.durations
-                note += f"; linear layers output {str(clock.linear_dtype).replace('torch.', '')}"
-            step = mean_step(durations, warmup)
-            rows.append(Row("train", variant, step, args.queries / step, f"{before} -> {uptime()}", note))
-            print(f"[bench] train {variant}: {step:.1f} s/step ({note})", flush=True)
-    return rows
 
 
 def run_encoding(
@@ -406,7 +430,7 @@ def main() -> None:
         flush=True,
     )
     print(f"[bench] load average at start: {uptime()}", flush=True)
-    probe = DualEncoder.from_config(EncoderConfig())
+    probe = DualEncoder.from_config(minilm_config())
     for name, (slots, fraction) in training_padding(probe, examples, args.queries).items():
         print(
             f"[bench] training step, {name}: {slots:.0f} token positions computed, padding fraction {fraction:.3f}"

@@ -8,7 +8,6 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
@@ -60,52 +59,39 @@ class ArtifactSources:
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):
-    """An :class:`EpochGroupSampler` that can start one epoch part-way: after :meth:`resume_at` its next pass
-    over ``epoch`` skips the first ``skip`` items (those an interrupted run had already trained on)."""
+    """An :class:`EpochGroupSampler` whose pass over an epoch starts after the batches already trained on.
 
-    def __init__(self, base: EpochGroupSampler) -> None:
-        self.base = base
-        self._resume: tuple[int, int] | None = None
+    ``batches_done()`` is read when iteration starts: 0 at the start of an epoch, N after resuming from a
+    checkpoint saved N batches into the epoch; the first ``N * batch_size`` items are skipped, so a resumed run
+    sees exactly the batches an uninterrupted run would have seen next.
+    """
 
-    @property
-    def epoch(self) -> int:
-        return self.base.epoch
+    def __init__(self, base: EpochGroupSampler, batches_done: Callable[[], int], batch_size: int) -> None:
+        self.base, self.batches_done, self.batch_size = base, batches_done, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
 
-    def resume_at(self, epoch: int, skip: int) -> None:
-        self._resume = (epoch, skip)
-
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        items = iter(self.base)
-        print("DBG sampler iter", self._resume, self.base.epoch, flush=True)
-        if self._resume is not None and self._resume[0] == self.base.epoch:
-            items = itertools.islice(items, self._resume[1], None)
-        self._resume = None
-        return items
+        return itertools.islice(iter(self.base), self.batches_done() * self.batch_size, None)
 
     def __len__(self) -> int:
         return len(self.base)
 
 
 class ResumableLoader(DataLoader):
-    """The training DataLoader, stateful in Lightning's sense (``state_dict``/``load_state_dict``): a checkpoint
-    stores (epoch, batches the fit loop finished in it), and a mid-epoch resume continues with the next batch
-    instead of replaying the epoch from its start. ``progress()`` reads the fit loop's finished-batch count."""
-
-    def __init__(self, *args: Any, progress: Callable[[], int], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.progress = progress
+    """The training DataLoader, stateful in Lightning's sense so that Lightning does not warn that a mid-epoch
+    resume replays the epoch: the state records (epoch, batches finished); restoring needs no action because
+    :class:`ResumableSampler` reads the fit loop's restored progress itself. (Lightning 2.6 builds the train
+    loader for ``estimated_stepping_batches`` before it restores loop states, so ``load_state_dict`` is not
+    even called when ``configure_optimizers`` asks for the step count, as ours does.)"""
 
     def state_dict(self) -> dict[str, int]:
         assert isinstance(self.sampler, ResumableSampler)
-        return {"epoch": self.sampler.epoch, "batches": int(self.progress())}
+        return {"epoch": self.sampler.base.epoch, "batches": self.sampler.batches_done()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        assert isinstance(self.sampler, ResumableSampler) and self.batch_size is not None
-        print("DBG load_state_dict", state, flush=True)
-        self.sampler.resume_at(int(state["epoch"]), int(state["batches"]) * self.batch_size)
+        return None
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -216,21 +202,26 @@ class RetrievalDataModule(L.LightningDataModule):
         )
 
     def _batches_done(self) -> int:
-        """Batches of the current epoch the fit loop has finished (0 outside a fit)."""
+        """Batches of the current epoch the fit loop has already fetched and trained on: 0 at an epoch's start
+        (and outside a fit), N when resuming from a checkpoint saved N batches into the epoch (Lightning
+        restores its progress counters before the first batch is fetched)."""
         trainer = self.trainer
-        return 0 if trainer is None else int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return 0 if trainer is None else int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def train_dataloader(self) -> DataLoader:
         s = self.settings
         return ResumableLoader(
             GroupDataset(self.train_pools, s.spec, s.seed, self._random_pool()),
             batch_size=s.batch_size,
-            sampler=ResumableSampler(EpochGroupSampler(len(self.train_pools), s.seed, shuffle=True)),
+            sampler=ResumableSampler(
+                EpochGroupSampler(len(self.train_pools), s.seed, shuffle=True),
+                self._batches_done,
+                s.batch_size,
+            ),
             collate_fn=GroupCollator(self.tokenize, s.spec.total),
             num_workers=s.num_workers,
             drop_last=True,
             generator=self._generator(),
-            progress=self._batches_done,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -46,10 +46,15 @@ KIND = "generated"
 RUNTIME_KEYS = ("preview", "flush_every", "progress")
 THROUGHPUT_KEYS = frozenset(
     {
-        "batch_size", "device", "concurrency", "timeout_s", "request_timeout_s", "max_retries", "retry_backoff_s",
-        "backoff_s", "num_threads", "api_key_env", "base_url", "tensor_parallel_size", "pipeline_parallel_size",
-        "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "enforce_eager", "kv_cache_gib",
-        "swap_space", "distributed_executor_backend", "cache_dir",
+        # transformers
+        "batch_size", "device",
+        # vllm (VLLMOptions and engine_kwargs)
+        "tensor_parallel_size", "pipeline_parallel_size", "enforce_eager", "kv_cache_space_gib", "max_num_seqs",
+        "chunked_prefill", "max_num_batched_tokens", "use_tqdm", "gpu_memory_utilization", "swap_space",
+        "distributed_executor_backend",
+        # openai (OpenAIOptions)
+        "api_key", "api_key_env", "concurrency", "timeout_s", "connect_timeout_s", "max_retries",
+        "backoff_base_s", "backoff_max_s",
     }
 )  # fmt: skip
 

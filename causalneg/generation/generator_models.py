@@ -82,6 +82,7 @@ BUILTIN_GENERATORS: dict[str, BuiltinGenerator] = {
     ),
     "qwen_coder_1_5b": BuiltinGenerator(
         "qwen_coder_1_5b", "Qwen/Qwen2.5-Coder-1.5B-Instruct@Q4_K_M", *_QWEN15,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
 }  # fmt: skip
 

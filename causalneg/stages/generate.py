@@ -136,16 +136,22 @@ def preview_prompts(cfg: DictConfig, dataset: RetrievalDataset) -> str:
 
 
 def publish(directory: Path, result: PipelineResult, manifest: Manifest) -> None:
-    """Write the artifact into a temporary sibling folder, then rename it into place (manifest last)."""
+    """Write the artifact into a temporary sibling folder, then rename it into place (manifest last).
+
+    A complete folder published meanwhile by a concurrent run of the same config wins (same journal, same rows),
+    unless requests of it failed at the backend: this run retried them, so its result replaces that folder.
+    """
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
     try:
         write_jsonl_atomic(tmp / "rejected.jsonl", result.rejected)
         write_jsonl_atomic(tmp / "decompositions.jsonl", result.decompositions)
         write_artifact(tmp, result.rows, manifest)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        final = is_complete(directory) and not backend_failures(load_manifest(directory))
+        if directory.exists() and not final:
+            shutil.rmtree(directory)  # stale: incomplete, or with requests that failed at the backend
+        if not directory.exists():
+            os.replace(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

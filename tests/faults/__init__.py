@@ -1,7 +1,7 @@
 """Fault suite (issue #6): bad input, server faults, kills and restarts lose nothing and explain themselves.
 
 Helpers shared by the modules: running ``python run.py`` as a user would (a child process with the
-environment the tests use), waiting for a condition while a child runs, and reading MLflow runs.
+environment the tests use) and reading MLflow runs. Fixtures are in conftest.py.
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,29 +51,10 @@ def run_cli(args: Sequence[str], timeout: float = 600) -> subprocess.CompletedPr
 
 def start_cli(args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
     """Start ``python run.py <args>`` in the background, stdout and stderr into ``log`` (no pipe to fill)."""
-    handle = open(log, "wb")  # noqa: SIM115 -- closed by the child's exit; the test reads it afterwards
-    return subprocess.Popen(
-        cli(args), cwd=REPO_ROOT, env=child_env(), stdout=handle, stderr=subprocess.STDOUT
-    )
-
-
-def wait_for(
-    condition: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, timeout: float, what: str
-) -> None:
-    """Poll ``condition`` every 50 ms until true; fail with the child's log if it exits first or time runs out."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"child exited ({proc.returncode}) before {what}:\n{log.read_text()[-4000:]}"
-            )
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(
-                f"timed out after {timeout} s waiting for {what}:\n{log.read_text()[-4000:]}"
-            )
-        time.sleep(0.05)
+    with open(log, "wb") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            cli(args), cwd=REPO_ROOT, env=child_env(), stdout=handle, stderr=subprocess.STDOUT
+        )
 
 
 def tracking_uri(root: Path) -> str:

