@@ -27,6 +27,12 @@ SOURCE_COLOURS = {
 }
 
 
+def _legend(ax: Axes) -> None:
+    """A legend only when something is labelled (a mined-only panel has nothing to tell apart)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
 def new_figure(width: float, height: float) -> Figure:
     """A Figure attached to an Agg canvas (renders to PNG without any display)."""
     fig = Figure(figsize=(width, height), layout="constrained")
@@ -55,7 +61,7 @@ def _source_panel(ax: Axes, values: np.ndarray, source: np.ndarray, xlabel: str,
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    _legend(ax)
 
 
 def source_histograms(report: ShortcutReport, title: str = "") -> Figure:
@@ -109,7 +115,7 @@ def mi_curve(history: Sequence[tuple[int, dict[str, float]]]) -> Figure:
     ax.set_ylabel("I(source; similarity) [nats]")
     ax.set_title("Source shortcut: mutual information between source and similarity")
     ax.set_ylim(bottom=0.0)
-    ax.legend(fontsize="small")
+    _legend(ax)
     return fig
 
 
@@ -165,7 +171,7 @@ def shortcut_by_arm(summary: pd.DataFrame, arms: Sequence[str] | None = None) ->
     p95 = summary[summary["metric"] == "diag/mi_perm_p95"].set_index("arm").reindex(order)["mean"]
     if p95.notna().any():
         left.scatter(np.arange(len(order)), p95, marker="_", s=400, color="black", label="permutation p95")
-        left.legend(fontsize="small")
+        _legend(left)
     _bar_panel(right, summary, "diag/probe_auc_blind", order, "query-blind probe ROC-AUC")
     right.axhline(0.5, color="black", linestyle=":", linewidth=0.8)
     right.set_ylim(0.0, 1.0)
