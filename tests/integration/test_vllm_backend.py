@@ -129,8 +129,7 @@ def test_tiny_llama_same_requests_same_outputs(tiny_run: dict[str, Any]) -> None
     """Seeds are per request: the same batch again (prefix cache now warm) gives the same texts.
 
     vLLM-CPU was seen (once in ~5 runs, on a heavily loaded machine) to return an empty text for one request of
-    the repeated batch, so exact equality of every row is flaky; most rows must still match exactly, and every
-    non-empty repeat must equal its first output.
+    the repeated batch, so exact equality of every row is flaky; all rows but at most one must match exactly.
     """
     first = [o["text"] for o in tiny_run["cases"]["native"]["outputs"]]
     again = [o["text"] for o in tiny_run["cases"]["native_again"]["outputs"]]
