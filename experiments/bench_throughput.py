@@ -151,8 +151,8 @@ def training_padding(
 ) -> dict[str, tuple[float, float]]:
     """(token positions computed per step, padding fraction) for one training step's texts: the peer (queries
     padded to their longest, at most 256; the k+1 document columns merged and padded to the longest document),
-    ours as collated (queries up to model.query_max_length, positives and negatives each padded to their own longest) and ours
-    bucketed (encode_bucketed's chunks of 4096 positions)."""
+    ours as collated (queries up to model.query_max_length, positives and negatives each padded to their own
+    longest) and ours bucketed (encode_bucketed's chunks of 4096 positions)."""
     totals = {"peer": [0, 0], "ours (as collated)": [0, 0], "ours (bucketed)": [0, 0]}
     steps = 0
     for start in range(0, len(examples), batch):

@@ -24,7 +24,9 @@ from causalneg.data.groups import GroupSpec, QueryPool, sample_group
 from causalneg.records import NegativeSource, Passage, TrainingGroup
 
 Side = Literal["query", "doc"]
-Tokenize = Callable[[Sequence[str], Side], Any]  # (texts, side) -> BatchEncoding with input_ids / attention_mask
+Tokenize = Callable[
+    [Sequence[str], Side], Any
+]  # (texts, side) -> BatchEncoding with input_ids / attention_mask
 
 
 def _dist_rank_world() -> tuple[int, int]:

@@ -32,7 +32,9 @@ def write_generated_fixture(cfg: DictConfig) -> Path:
     rows = []
     for qid in select_query_ids(split, cfg.data.max_train_queries, int(cfg.data.selection_seed)):
         topic = qid.split("-")[1]
-        texts = [f"{topic} story number {i}: a plausible passage that misses one requirement" for i in range(3)]
+        texts = [
+            f"{topic} story number {i}: a plausible passage that misses one requirement" for i in range(3)
+        ]
         rows.append(
             {
                 "query_id": qid,
@@ -48,7 +50,9 @@ def write_generated_fixture(cfg: DictConfig) -> Path:
 @pytest.mark.integration
 @pytest.mark.parametrize("preset", ARMS + SWEEPS)
 def test_every_preset_composes(preset: str, tmp_path: Path, tiny_beir: Path, compose_cfg) -> None:
-    cfg = compose_cfg([*tiny_overrides(tmp_path, tiny_beir), f"+experiment={preset}"], return_hydra_config=True)
+    cfg = compose_cfg(
+        [*tiny_overrides(tmp_path, tiny_beir), f"+experiment={preset}"], return_hydra_config=True
+    )
     assert (CONF_DIR / "experiment" / f"{preset}.yaml").is_file()
     if preset in SWEEPS:
         assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
@@ -92,7 +96,9 @@ def test_ablation_sweep_launches_itself(tmp_path: Path, tiny_beir: Path, compose
     overrides = [o for o in tiny_overrides(tmp_path, tiny_beir) if not o.startswith("paths.output_dir")]
     for arm in ("naive_llm", "causalneg"):  # the arms that need generated negatives, pre-written
         write_generated_fixture(
-            compose_cfg([*overrides, f"+experiment={arm}", "data.max_train_queries=64", "generation/backend=vllm"])
+            compose_cfg(
+                [*overrides, f"+experiment={arm}", "data.max_train_queries=64", "generation/backend=vllm"]
+            )
         )
     command = [
         sys.executable,

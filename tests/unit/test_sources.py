@@ -283,3 +283,42 @@ def test_online_loaders_name_the_missing_package(monkeypatch: pytest.MonkeyPatch
         load_hf_beir()
     with pytest.raises(MissingDependencyError, match="pip install ir_datasets"):
         load_ir_datasets("beir/scifact")
+
+
+def test_subsample_keeps_the_sampled_queries_their_passages_and_a_seeded_random_rest(tmp_path: Path) -> None:
+    from causalneg.data.selection import select_query_ids
+    from causalneg.data.sources.subsample import load_beir_subsample
+
+    root = make_beir(tmp_path / "set", n_train=6, dev=True)
+    full = load_beir(root, dev_split="dev", query_meta="answers.jsonl")
+    small = load_beir_subsample(
+        train_queries=3,
+        test_queries=1,
+        random_passages=2,
+        path=root,
+        dev_split="dev",
+        query_meta="answers.jsonl",
+    )
+    kept_train = select_query_ids(full.split("train"), 3, 0)
+    assert sorted(small.split("train").queries) == kept_train  # the DataModule's own sample
+    assert len(small.split("test").queries) == 1 and len(small.split("dev").queries) == 1  # None keeps all
+    judged = {pid for s in small.splits.values() for rels in s.qrels.values() for pid in rels}
+    assert judged | {"d11"} <= set(small.corpus)  # judged passages and the hard negative are kept
+    assert len(small.corpus) == len(judged | {"d11"}) + 2  # plus exactly the random rest
+    assert small.hard_negatives == {"train": {q: ["d11"] for q in kept_train}}
+    assert set(small.answers) <= set(small.split("train").queries)
+    again = load_beir_subsample(
+        train_queries=3,
+        test_queries=1,
+        random_passages=2,
+        path=root,
+        dev_split="dev",
+        query_meta="answers.jsonl",
+    )
+    assert again.corpus.keys() == small.corpus.keys() and again.fingerprint == small.fingerprint
+    other = load_beir_subsample(
+        train_queries=3, test_queries=1, random_passages=1, path=root, dev_split="dev"
+    )
+    assert other.fingerprint != small.fingerprint and len(other.corpus) == len(small.corpus) - 1
+    with pytest.raises(ConfigError, match="random_passages"):
+        load_beir_subsample(random_passages=-1, path=root)
