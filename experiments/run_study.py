@@ -129,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if run_command([f"+experiment={arm}", f"seed={seed}", *base], args.dry_run) != 0:
                     failures.append(f"{dataset}: {arm} seed={seed}")
-        run_command(["stage=compare", f"compare.experiment=study-{dataset}", *base], args.dry_run)
+        compare_dir = HOME / "study" / dataset
+        run_command(
+            ["stage=compare", f"compare.experiment=study-{dataset}", *base, f"hydra.run.dir={compare_dir}"],
+            args.dry_run,
+        )
     if failures:
         print("failed:", *failures, sep="\n  ")
     return 1 if failures else 0

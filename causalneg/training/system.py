@@ -12,6 +12,7 @@ SDPA use its fused CPU kernel instead of the much slower dropout path (hidden dr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -137,6 +138,8 @@ class RetrieverSystem(L.LightningModule):
         if attention_dropout is not None:
             set_attention_dropout(encoder, attention_dropout)
         self._dev_doc_emb: Tensor | None = None
+        self._val_started = 0.0
+        self._val_seconds: float | None = None
         self._dev_doc_ids: list[str] = []
 
     # -- embedding -------------------------------------------------------------------------------------------
@@ -199,6 +202,7 @@ class RetrieverSystem(L.LightningModule):
 
     # -- validation: dev queries against a fixed dev sub-corpus -----------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        self._val_started = time.perf_counter()
         datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
         corpus = datamodule.dataset.corpus
         self._dev_doc_ids = list(datamodule.dev_corpus_ids)
@@ -232,6 +236,12 @@ class RetrieverSystem(L.LightningModule):
             self.log(
                 f"val/{name}", aggregate[name], batch_size=size, prog_bar=name == "ndcg@10", sync_dist=True
             )
+        # Retrieval validation's own wall time (dev sub-corpus encoding + search + metrics), so that callbacks'
+        # costs at the same validation (e.g. diag/seconds) can be read against it.
+        self._val_seconds = time.perf_counter() - self._val_started
 
     def on_validation_epoch_end(self) -> None:
         self._dev_doc_emb = None
+        if self._val_seconds is not None:
+            self.log("time/val_seconds", self._val_seconds, sync_dist=False, rank_zero_only=True)
+            self._val_seconds = None
