@@ -1,6 +1,6 @@
 """``stage=compare``: compare the arms of an MLflow experiment (tables, paired tests, plots, summary run).
 
-    python run.py stage=compare [compare.experiment=NAME] [compare.baseline_arm=mined_only]
+    python run.py stage=compare [compare.experiment=NAME|latest] [compare.baseline_arm=mined_only]
 
 Reads every FINISHED run of ``compare.experiment`` at ``logger.tracking_uri`` (summary runs excluded), writes
 ``summary.md``, ``summary.csv``, ``paired_tests.csv``, ``runs.csv``, ``ndcg_by_arm.png`` and
@@ -10,12 +10,14 @@ Reads every FINISHED run of ``compare.experiment`` at ``logger.tracking_uri`` (s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from causalneg.errors import ConfigError
+from causalneg.tracking.mlflow_io import latest_experiment
 from causalneg.tracking.report import CompareOptions, compare_experiment
 
 
@@ -42,6 +44,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if missing:
         raise ConfigError(f"missing required config value(s): {', '.join('compare.' + k for k in missing)}")
     options = options_from_config(cfg.compare)
+    if options.experiment == "latest":
+        options = replace(options, experiment=latest_experiment(str(cfg.logger.tracking_uri)))
+        print(f"[causalneg] compare.experiment=latest: comparing {options.experiment!r}", flush=True)
     out_dir = Path(str(cfg.paths.output_dir)) / "compare"
     result = compare_experiment(
         str(cfg.logger.tracking_uri),

@@ -41,6 +41,33 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, experiment_name: str
     return str(experiment.experiment_id)
 
 
+def latest_experiment(tracking_uri: str) -> str:
+    """Name of the experiment whose most recent FINISHED arm run (tag ``arm``, not a summary) ended last.
+
+    What ``compare.experiment=latest`` (the default) compares: right after ``+experiment=ablation_entropy``
+    that is the ablation's experiment, so ``python run.py stage=compare`` needs no argument.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    best: tuple[int, str] | None = None
+    for experiment in client.search_experiments():
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.end_time DESC"],
+            max_results=50,
+        )
+        arm_runs = [r for r in runs if "arm" in r.data.tags and r.data.tags.get(SUMMARY_TAG) != "true"]
+        if arm_runs:
+            key = (int(arm_runs[0].info.end_time or 0), str(experiment.name))
+            best = key if best is None or key > best else best
+    if best is None:
+        raise ConfigError(
+            f"compare.experiment=latest: no finished training run at {tracking_uri}; train first or name the "
+            "experiment (compare.experiment=NAME)"
+        )
+    return best[1]
+
+
 def finished_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
     """Every FINISHED run of the experiment (all result pages)."""
     runs: list[Run] = []

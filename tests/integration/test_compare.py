@@ -211,11 +211,12 @@ def test_compare_stage_end_to_end(store: str, tmp_path: Path, capsys: pytest.Cap
 
     uri = store
     cfg = compare_config(tmp_path, uri)
-    assert cfg.compare.experiment == "ablation"  # ${logger.experiment_name}
+    assert cfg.compare.experiment == "latest"  # the experiment whose last training run ended last
     result = run(cfg)
     out = tmp_path / "run" / "compare"
     assert result["n_runs"] == 4 and result["arms"] == ["mined_only", "causalneg"]
     printed = capsys.readouterr().out
+    assert "compare.experiment=latest: comparing 'ablation'" in printed
     assert "| mined_only | 2 |" in printed and "| causalneg | 2 |" in printed
     assert (out / "summary.md").read_text() == result["markdown"]
 
@@ -246,6 +247,10 @@ def test_compare_stage_end_to_end(store: str, tmp_path: Path, capsys: pytest.Cap
 
     cfg.compare.experiment = "nope"
     with pytest.raises(ConfigError, match=r"no MLflow experiment named 'nope'.*ablation"):
+        run(cfg)
+    cfg.compare.experiment = "latest"
+    cfg.logger.tracking_uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    with pytest.raises(ConfigError, match="no finished training run"):
         run(cfg)
 
 
