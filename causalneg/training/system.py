@@ -182,6 +182,12 @@ class RetrieverSystem(L.LightningModule):
             stats = dict(out.stats)
             stats.update(per_source_similarity_stats(q, p, n, batch["neg_source"], batch["neg_mask"]))
         self.log_dict({f"train/{k}": v.float() for k, v in stats.items()}, batch_size=size)
+        # Epoch means too (logged at every epoch end whatever log_every_n_steps is, so that short runs, e.g. the
+        # CPU-scaled ablation with a few steps per epoch, still record the per-source statistics).
+        epoch = {"train_epoch/loss": out.loss.detach()} | {
+            f"train_epoch/{k}": v.float() for k, v in stats.items()
+        }
+        self.log_dict(epoch, batch_size=size, on_step=False, on_epoch=True)
         return out.loss
 
     def on_fit_start(self) -> None:

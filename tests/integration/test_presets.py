@@ -89,6 +89,7 @@ def test_every_arm_smoke_runs_on_tiny_data(tmp_path: Path, tiny_beir: Path, comp
     assert "loss/reg/query_view_entropy" in entropy_run.data.metrics
     assert "diag/mi_knn" in entropy_run.data.metrics
     assert "train/sim/generated" in entropy_run.data.metrics
+    assert {"train_epoch/sim/generated", "train_epoch/margin/mined"} <= set(entropy_run.data.metrics)
 
 
 @pytest.mark.slow
