@@ -22,10 +22,9 @@ warm-up then linear decay, gradient clipping at 1.0, fp32):
   then ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` (its defaults otherwise) on the same
   training queries, one (anchor, positive, negative_1..k) row per query.
 
-Corpus (``--corpus``): ``subset`` (default) keeps, for every arm alike, each test judgment and test hard
-negative (HotpotQA's distractor paragraphs), the judgments and hard negatives of the training queries, and a
-seeded sample of 2,000 other passages (``--random-passages``): 8,123 HotpotQA paragraphs of 18,619 and
-2,384 SciFact abstracts of 5,183. Every arm mines and retrieves from that corpus; the test split is complete.
+Corpus (``--corpus``): ``subset`` (default; :mod:`causalneg.data.sources.subsample`) keeps, for every arm
+alike, every test query with its judgments and hard negatives (HotpotQA's distractor paragraphs), the
+``--queries`` training queries with theirs, and a seeded sample of 2,000 other passages (``--random-passages``). Every arm mines and retrieves from that corpus; the test split is complete.
 ``full`` uses whole corpora (numbers comparable to ../shared/data/README.md; about 2.5x the encoding time).
 Every model is scored the same way: ``causalneg.evaluation.retrieval.evaluate_retrieval`` (exact search, the
 stage's encoder settings: query max 64 tokens, documents 256, mean pooling) and
@@ -46,7 +45,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import random
 import tempfile
 import time
 from collections import Counter
@@ -66,10 +64,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import causalneg.config  # noqa: F401  (registers the config resolvers)
-from causalneg.artifacts import fingerprint
 from causalneg.data.mining.bm25 import BM25Options, bm25_run
 from causalneg.data.selection import select_query_ids
-from causalneg.data.sources.beir import load_beir
 from causalneg.evaluation.embedding_cache import EmbeddingCache
 from causalneg.evaluation.metrics import evaluate_run
 from causalneg.evaluation.retrieval import encode_corpus, evaluate_retrieval
@@ -124,42 +120,14 @@ def compose_cfg(overrides: list[str]) -> DictConfig:
         return compose(config_name="run", overrides=overrides)
 
 
-def load_subcorpus(
-    subcorpus_queries: int, subcorpus_random: int, subcorpus_seed: int, **beir: Any
-) -> RetrievalDataset:
-    """A BEIR data set whose corpus keeps what the benchmark needs (the ``dataset._target_`` of ``--corpus
-    subset``): every test judgment and test hard negative, the judgments and hard negatives of the
-    ``subcorpus_queries`` training queries that ``select_query_ids`` picks (the ones every arm trains on), and a
-    seeded sample of ``subcorpus_random`` other passages. Every arm mines and retrieves from this same corpus."""
-    dataset = load_beir(**beir)
-    train, test = str(beir["train_split"]), str(beir["test_split"])
-    keep = {pid for rels in dataset.split(test).qrels.values() for pid in rels}
-    keep.update(pid for pids in dataset.hard_negatives.get(test, {}).values() for pid in pids)
-    for qid in select_query_ids(dataset.split(train), subcorpus_queries, subcorpus_seed):
-        keep.update(dataset.split(train).qrels.get(qid, {}))
-        keep.update(dataset.hard_negatives.get(train, {}).get(qid, []))
-    keep &= dataset.corpus.keys()
-    others = sorted(pid for pid in dataset.corpus if pid not in keep)
-    rng = random.Random(fingerprint(["subcorpus", subcorpus_seed, subcorpus_random]))
-    keep.update(rng.sample(others, min(subcorpus_random, len(others))))
-    dataset.corpus = {pid: p for pid, p in dataset.corpus.items() if pid in keep}
-    dataset.hard_negatives = {
-        split: {qid: [pid for pid in pids if pid in keep] for qid, pids in per_query.items()}
-        for split, per_query in dataset.hard_negatives.items()
-    }
-    options = [subcorpus_queries, subcorpus_random, subcorpus_seed]
-    dataset.fingerprint = fingerprint([dataset.fingerprint, "subcorpus", options])
-    return dataset
-
-
 def stage_overrides(name: str, args: argparse.Namespace, root: Path) -> list[str]:
     """The train stage's config for ``name`` under the shared budget (also the source of the dataset and the
     training queries for every other arm)."""
     subset = [
-        "dataset._target_=__main__.load_subcorpus",
-        f"+dataset.subcorpus_queries={args.queries}",
-        f"+dataset.subcorpus_random={args.random_passages}",
-        f"+dataset.subcorpus_seed={args.seed}",
+        "dataset._target_=causalneg.data.sources.subsample.load_beir_subsample",
+        f"+dataset.train_queries={args.queries}",
+        f"+dataset.random_passages={args.random_passages}",
+        f"+dataset.subsample_seed={args.seed}",
     ]
     return [
         *(subset if args.corpus == "subset" else []),
