@@ -24,10 +24,21 @@ class GroupSpec:
     num_generated: int = 0
     num_random: int = 0
     generated_source: NegativeSource = NegativeSource.GENERATED
+    # random: a seeded draw of Nm from the query's kept mined candidates, new every epoch (more variety);
+    # hardest: the Nm best-ranked kept candidates every epoch (the usual sentence-transformers recipe).
+    mined_selection: str = "random"
+    # random: a seeded positive per epoch among the judged ones; first: always the first (sorted by id).
+    positive_selection: str = "random"
 
     def __post_init__(self) -> None:
         if min(self.num_mined, self.num_generated, self.num_random) < 0:
             raise ConfigError(f"negative counts must be >= 0, got {self}")
+        if self.mined_selection not in ("random", "hardest"):
+            raise ConfigError(f"data.mined_selection must be random or hardest, got {self.mined_selection!r}")
+        if self.positive_selection not in ("random", "first"):
+            raise ConfigError(
+                f"data.positive_selection must be random or first, got {self.positive_selection!r}"
+            )
         if self.total == 0:
             raise ConfigError(
                 "a training group needs at least one negative (data.num_mined/num_generated/num_random)"
@@ -95,10 +106,16 @@ def sample_group(
     epoch: int,
     random_pool: Sequence[Passage] = (),
 ) -> TrainingGroup:
-    """Draw one group for ``pool`` at ``epoch``: a positive, then up to Nm mined, Ng generated, Nr random."""
+    """Draw one group for ``pool`` at ``epoch``: a positive, then up to Nm mined, Ng generated, Nr random.
+
+    ``pool.mined`` is in the miner's rank order, so ``mined_selection="hardest"`` takes its first Nm."""
     rng = random.Random(fingerprint(["group", seed, pool.query.id, epoch]))
-    positive = pool.positives[rng.randrange(len(pool.positives))]
-    negatives = _draw(rng, pool.mined, spec.num_mined)
+    index = rng.randrange(
+        len(pool.positives)
+    )  # drawn in both modes: the later draws do not depend on the mode
+    positive = pool.positives[0 if spec.positive_selection == "first" else index]
+    drawn = _draw(rng, pool.mined, spec.num_mined)
+    negatives = list(pool.mined[: spec.num_mined]) if spec.mined_selection == "hardest" else drawn
     generated = [n for n in pool.generated if n.source == spec.generated_source]
     negatives += _draw(rng, generated, spec.num_generated)
     if spec.num_random:
