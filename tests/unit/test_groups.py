@@ -1,4 +1,4 @@
-"""Training-group sampling: deterministic per (seed, query, epoch); random vs hardest mined, random vs first positive."""
+"""Training-group sampling: seeded per (seed, query, epoch); random or hardest mined, random or first positive."""
 
 from __future__ import annotations
 
