@@ -24,7 +24,9 @@ warm-up then linear decay, gradient clipping at 1.0, fp32):
 
 Corpus (``--corpus``): ``subset`` (default; :mod:`causalneg.data.sources.subsample`) keeps, for every arm
 alike, every test query with its judgments and hard negatives (HotpotQA's distractor paragraphs), the
-``--queries`` training queries with theirs, and a seeded sample of 2,000 other passages (``--random-passages``). Every arm mines and retrieves from that corpus; the test split is complete.
+``--queries`` training queries with theirs, and a seeded sample of 2,000 other passages
+(``--random-passages``): 8,123 HotpotQA paragraphs and 2,384 SciFact abstracts at the defaults. Every arm
+mines and retrieves from that corpus; the test split is complete.
 ``full`` uses whole corpora (numbers comparable to ../shared/data/README.md; about 2.5x the encoding time).
 Every model is scored the same way: ``causalneg.evaluation.retrieval.evaluate_retrieval`` (exact search, the
 stage's encoder settings: query max 64 tokens, documents 256, mean pooling) and
@@ -394,7 +396,8 @@ def print_table(all_results: dict[str, dict[str, dict[str, Any]]], args: argpars
     labels = {
         "stock": "all-MiniLM-L6-v2 (stock)",
         "bm25": "BM25 (bm25s)",
-        "ours": "ours: BM25-mined fine-tune",
+        "ours": f"ours: {args.mining}-mined fine-tune"
+        + (f" ({', '.join(args.override)})" if args.override else ""),
         "peer": "peer: ST mine_hard_negatives + MNRL",
     }
     for name, results in all_results.items():
