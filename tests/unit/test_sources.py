@@ -291,14 +291,8 @@ def test_subsample_keeps_the_sampled_queries_their_passages_and_a_seeded_random_
 
     root = make_beir(tmp_path / "set", n_train=6, dev=True)
     full = load_beir(root, dev_split="dev", query_meta="answers.jsonl")
-    small = load_beir_subsample(
-        train_queries=3,
-        test_queries=1,
-        random_passages=2,
-        path=root,
-        dev_split="dev",
-        query_meta="answers.jsonl",
-    )
+    options = {"test_queries": 1, "path": root, "dev_split": "dev", "query_meta": "answers.jsonl"}
+    small = load_beir_subsample(train_queries=3, random_passages=2, **options)
     kept_train = select_query_ids(full.split("train"), 3, 0)
     assert sorted(small.split("train").queries) == kept_train  # the DataModule's own sample
     assert len(small.split("test").queries) == 1 and len(small.split("dev").queries) == 1  # None keeps all
@@ -307,14 +301,7 @@ def test_subsample_keeps_the_sampled_queries_their_passages_and_a_seeded_random_
     assert len(small.corpus) == len(judged | {"d11"}) + 2  # plus exactly the random rest
     assert small.hard_negatives == {"train": {q: ["d11"] for q in kept_train}}
     assert set(small.answers) <= set(small.split("train").queries)
-    again = load_beir_subsample(
-        train_queries=3,
-        test_queries=1,
-        random_passages=2,
-        path=root,
-        dev_split="dev",
-        query_meta="answers.jsonl",
-    )
+    again = load_beir_subsample(train_queries=3, random_passages=2, **options)
     assert again.corpus.keys() == small.corpus.keys() and again.fingerprint == small.fingerprint
     other = load_beir_subsample(
         train_queries=3, test_queries=1, random_passages=1, path=root, dev_split="dev"
