@@ -96,11 +96,8 @@ def test_every_arm_smoke_runs_on_tiny_data(tmp_path: Path, tiny_beir: Path, comp
 def test_ablation_sweep_launches_itself(tmp_path: Path, tiny_beir: Path, compose_cfg) -> None:
     overrides = [o for o in tiny_overrides(tmp_path, tiny_beir) if not o.startswith("paths.output_dir")]
     for arm in ("naive_llm", "causalneg"):  # the arms that need generated negatives, pre-written
-        write_generated_fixture(
-            compose_cfg(
-                [*overrides, f"+experiment={arm}", "data.max_train_queries=64", "generation/backend=vllm"]
-            )
-        )
+        # composed through the sweep preset itself, so the fixture lands where its runs look (same fingerprint)
+        write_generated_fixture(compose_cfg([*overrides, "+experiment=ablation_entropy", f"arms={arm}"]))
     command = [
         sys.executable,
         str(REPO_ROOT / "run.py"),
