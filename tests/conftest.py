@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,15 @@ def compose_cfg() -> Iterator[Callable[..., object]]:
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def send_truncated_response(handler: BaseHTTPRequestHandler) -> None:
+    """An HTTP 200 that promises 1,000 bytes, sends the start of a JSON body, then closes the connection: the
+    "server died mid-response" fault of the OpenAI-compatible backend tests."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", "1000")
+    handler.end_headers()
+    handler.wfile.write(b'{"choices": [')
+    handler.wfile.flush()
+    handler.close_connection = True
+    handler.connection.shutdown(socket.SHUT_RDWR)

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ from causalneg.generation.prompting import PromptInputs
 from causalneg.generation.schemas import Decomposition, PerturbationOutput
 from causalneg.generation.store import RequestStore
 from causalneg.stages import dispatch
+from tests.conftest import send_truncated_response
 from tests.faults import start_cli
 
 pytestmark = pytest.mark.integration
@@ -254,13 +254,7 @@ class FakeHandler(BaseHTTPRequestHandler):
         if fault == "timeout":
             time.sleep(1.0)  # the client gives up after 0.4 s
         if fault == "close":
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            self.wfile.write(b'{"choices": [')
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
+            send_truncated_response(self)
             return None
         n = body["response_format"]["json_schema"]["schema"]["properties"]["negatives"]["maxItems"]
         content = json.dumps({"negatives": [{"text": pseudo_text(body["seed"] + k)} for k in range(n)]})

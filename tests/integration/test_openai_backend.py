@@ -10,7 +10,6 @@ it has seen that message, so every test states its fault script in its inputs: `
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ from causalneg.errors import ConfigError
 from causalneg.generation.backends.base import GenerationRequest, SamplingConfig
 from causalneg.generation.backends.openai_backend import OpenAIBackend, backoff_delay
 from causalneg.generation.schemas import naive_schema
+from tests.conftest import send_truncated_response
 from tests.integration.vllm_support import openai_server, prepare_smollm2, require_vllm
 
 pytestmark = pytest.mark.integration
@@ -85,13 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
         if (behaviour == "slow1" and attempt == 1) or behaviour == "slow":
             time.sleep(SLOW_S)
         if behaviour == "close1" and attempt == 1:
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            self.wfile.write(b'{"choices": [')
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
+            send_truncated_response(self)
             return None
         if behaviour == "garbage1" and attempt == 1:
             return self._send(200, b"<html>proxy error</html>")
