@@ -6,11 +6,12 @@ matplotlib.
 """
 
 from causalneg.diagnostics.mutual_information import mi_binned, mi_knn, permutation_baseline
-from causalneg.diagnostics.probes import probe_auc_blind, probe_auc_similarity
+from causalneg.diagnostics.probes import blind_probe_auc, probe_auc_blind, probe_auc_similarity
 from causalneg.diagnostics.shortcut import ShortcutReport, shortcut_diagnostics
 
 __all__ = [
     "ShortcutReport",
+    "blind_probe_auc",
     "mi_binned",
     "mi_knn",
     "permutation_baseline",

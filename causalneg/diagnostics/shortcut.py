@@ -127,6 +127,7 @@ def dependence_metrics(
     z: NDArray[np.int64],
     s: NDArray[np.float64],
     emb: NDArray[np.float64],
+    groups: NDArray[np.int64],
     n_permutations: int,
     seed: int,
 ) -> dict[str, float]:
@@ -134,6 +135,8 @@ def dependence_metrics(
 
     Args:
         z: [N] source labels (1 = generated). s: [N] similarities. emb: [N, D] negative embeddings.
+        groups: [N] query of each negative: the probes never split a query across folds or compare
+            negatives of different queries.
     """
     knn = partial(mi_knn, seed=seed)
     knn_mean, knn_p95 = permutation_baseline(knn, z, s, n_permutations, seed)
@@ -146,8 +149,8 @@ def dependence_metrics(
         "mi_perm_p95": knn_p95,
         "mi_binned_perm_mean": bin_mean,
         "mi_binned_perm_p95": bin_p95,
-        "probe_auc_blind": probe_auc_blind(emb, z, seed=seed),
-        "probe_auc_sim": probe_auc_similarity(s, z),
+        "probe_auc_blind": probe_auc_blind(emb, z, groups, seed=seed),
+        "probe_auc_sim": probe_auc_similarity(s, z, groups),
     }
 
 
@@ -189,7 +192,10 @@ def shortcut_diagnostics(
     skipped: list[str] = []
     if is_gen.any() and is_mined.any():
         pool = is_gen | is_mined
-        dep = dependence_metrics(is_gen[pool].astype(np.int64), sim[pool], n_[pool], n_permutations, seed)
+        rows = np.broadcast_to(np.arange(q_.shape[0])[:, None], pool.shape)  # [G, K] query of each slot
+        dep = dependence_metrics(
+            is_gen[pool].astype(np.int64), sim[pool], n_[pool], rows[pool], n_permutations, seed
+        )
         metrics.update(dep)
     else:
         missing = "generated" if not is_gen.any() else "mined"

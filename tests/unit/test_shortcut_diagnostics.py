@@ -44,18 +44,20 @@ def test_blind_probe_is_chance_on_random_and_perfect_on_shifted_embeddings() -> 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 16))
     z = (np.arange(600) % 3 == 0).astype(int)
-    assert probe_auc_blind(x, z, seed=0) == pytest.approx(0.5, abs=0.07)
+    query = np.arange(600) // 6
+    assert probe_auc_blind(x, z, query, seed=0) == pytest.approx(0.5, abs=0.07)
     shifted = x + 3.0 * z[:, None] * np.eye(16)[0]
-    assert probe_auc_blind(shifted, z, seed=0) > 0.98
+    assert probe_auc_blind(shifted, z, query, seed=0) > 0.98
 
 
 def test_probe_edge_cases() -> None:
     x = np.random.default_rng(1).normal(size=(20, 4))
     z = np.array([1] * 4 + [0] * 16)
-    assert math.isnan(probe_auc_blind(x, z, folds=5))  # 4 generated < 5 folds
-    assert not math.isnan(probe_auc_blind(x, z, folds=4))
+    query = np.arange(20)  # one negative per query
+    assert math.isnan(probe_auc_blind(x, z, query, folds=5))  # 4 generated < 5 folds
+    assert not math.isnan(probe_auc_blind(x, z, query, folds=4))
     with pytest.raises(ValueError, match="0 \\(mined\\) or 1"):
-        probe_auc_blind(x, np.full(20, 2))
+        probe_auc_blind(x, np.full(20, 2), query)
     assert probe_auc_similarity([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
     assert probe_auc_similarity([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1]) == 0.0
     assert math.isnan(probe_auc_similarity([0.1, 0.2], [1, 1]))
