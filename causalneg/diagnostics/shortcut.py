@@ -9,11 +9,18 @@ Z = 1 for generated negatives (GENERATED, NAIVE_GENERATED), Z = 0 for MINED; oth
 in-batch) are left out of the Z-based metrics but still appear in the per-source histograms.
 S = cos(q, n). Metrics (nats for MI, logged by the callback as ``diag/<key>``):
 
-- ``mi_knn``, ``mi_binned``: I(Z; S) by the two estimators of :mod:`.mutual_information`;
-  ``mi_knn_perm_mean`` / ``mi_knn_perm_p95`` (alias ``mi_perm_p95``) and ``mi_binned_perm_mean`` /
-  ``mi_binned_perm_p95``: the same estimators on label-shuffled data (noise floor).
-- ``probe_auc_blind``: cross-validated AUC of a linear probe predicting Z from the negative embedding alone;
-  ``probe_auc_sim``: AUC of S as a score for Z (:mod:`.probes`).
+Each row g is one query; the negatives of a row are grouped by it (pass ``query_ids`` when two rows can hold
+the same query), because the negatives of one query share its topic, its similarity level and its share of
+generated negatives, none of which is a source shortcut:
+
+- ``mi_knn``, ``mi_binned``: I(Z; S) over all pooled negatives by the two estimators of
+  :mod:`.mutual_information`; ``mi_knn_perm_mean`` / ``mi_knn_perm_p95`` (alias ``mi_perm_p95``) and
+  ``mi_binned_perm_mean`` / ``mi_binned_perm_p95``: the same estimators with Z shuffled *within each query*
+  (the noise floor under "no within-query dependence"; a pooled shuffle would also remove the between-query
+  part of I(Z; S) and flag it as signal). ``mi > perm_p95`` is a one-sided test at the 5 % level.
+- ``probe_auc_blind``: cross-validated AUC of a linear probe predicting Z from the negative embedding alone,
+  folds grouped by query (scored on queries it was not fitted on);
+  ``probe_auc_sim``: AUC of S as a score for Z over same-query (generated, mined) pairs (:mod:`.probes`).
 - ``gen_mass``: mean over groups with generated negatives of ``Σ_{k∈G} softmax_k(cos(q, n)/τ_ent)``, the
   softmax taken over that group's mined ∪ generated negatives (as in the query-view entropy term, DESIGN §1b);
   ``gen_mass_expected``: mean of ``Ng / (Nm + Ng)`` over the same groups (the mass if the query were blind to
@@ -135,12 +142,12 @@ def dependence_metrics(
 
     Args:
         z: [N] source labels (1 = generated). s: [N] similarities. emb: [N, D] negative embeddings.
-        groups: [N] query of each negative: the probes never split a query across folds or compare
-            negatives of different queries.
+        groups: [N] query of each negative: the permutations shuffle Z within each query, and the probes
+            never split a query across folds or compare negatives of different queries.
     """
     knn = partial(mi_knn, seed=seed)
-    knn_mean, knn_p95 = permutation_baseline(knn, z, s, n_permutations, seed)
-    bin_mean, bin_p95 = permutation_baseline(mi_binned, z, s, n_permutations, seed)
+    knn_mean, knn_p95 = permutation_baseline(knn, z, s, n_permutations, seed, groups=groups)
+    bin_mean, bin_p95 = permutation_baseline(mi_binned, z, s, n_permutations, seed, groups=groups)
     return {
         "mi_knn": knn(z, s),
         "mi_binned": mi_binned(z, s),
