@@ -22,7 +22,7 @@ from causalneg.data.batching import (
     QueryTextDataset,
     Tokenize,
 )
-from causalneg.data.groups import GroupSpec, QueryPool, build_pools
+from causalneg.data.groups import GroupSpec, QueryPool, build_pools, hold_out_diagnostic_pools
 from causalneg.data.selection import select_query_ids
 from causalneg.errors import ConfigError
 from causalneg.records import Negative, Passage, RetrievalDataset
@@ -154,15 +154,10 @@ class RetrievalDataModule(L.LightningDataModule):
         return self.sources.load_mined(self._dirs[key])
 
     def _hold_out(self, pools: list[QueryPool]) -> tuple[list[QueryPool], list[QueryPool]]:
-        """Hold out a seeded set of groups for the shortcut diagnostics, preferring ones with generated text."""
+        """Hold out a seeded set of groups for the shortcut diagnostics, chosen without looking at negatives
+        (:func:`~causalneg.data.groups.hold_out_diagnostic_pools`), so every arm trains on the same queries."""
         n = min(self.settings.diagnostics_groups, len(pools) // 5)
-        if n <= 0:
-            return pools, []
-        rng = random.Random(fingerprint(["diagnostics", self.settings.selection_seed]))
-        with_generated = [i for i, p in enumerate(pools) if p.generated]
-        candidates = with_generated if len(with_generated) >= n else list(range(len(pools)))
-        held = set(rng.sample(candidates, n))
-        return [p for i, p in enumerate(pools) if i not in held], [pools[i] for i in sorted(held)]
+        return hold_out_diagnostic_pools(pools, n, self.settings.selection_seed)
 
     def _setup_dev(self) -> None:
         """Dev queries and a fixed sub-corpus: their positives + their mined negatives + a seeded random sample."""

@@ -95,6 +95,26 @@ def build_pools(
     return pools
 
 
+def hold_out_diagnostic_pools(
+    pools: Sequence[QueryPool], n: int, seed: int
+) -> tuple[list[QueryPool], list[QueryPool]]:
+    """Split the selected training queries into (training pools, held-out diagnostic pools).
+
+    The ``n`` held-out pools are a seeded sample of positions in ``pools`` (the selected training queries in
+    their sorted order), drawn by a private ``random.Random`` seeded with ``fingerprint(["diagnostics", seed])``.
+    The rule reads only the number of pools: never their negatives. Generation that succeeds for some
+    queries only therefore changes neither the held-out queries nor the training queries, and every arm of a
+    study (mined-only, naive, CausalNeg) trains on the same queries. Held-out queries without generated
+    negatives still count as mined-only groups in the diagnostics. Returns both lists in ``pools`` order.
+    """
+    n = max(0, min(n, len(pools)))
+    if n == 0:
+        return list(pools), []
+    rng = random.Random(fingerprint(["diagnostics", seed]))
+    held = set(rng.sample(range(len(pools)), n))
+    return [p for i, p in enumerate(pools) if i not in held], [pools[i] for i in sorted(held)]
+
+
 def _draw(rng: random.Random, items: Sequence[Negative], k: int) -> list[Negative]:
     return rng.sample(list(items), min(k, len(items)))
 
