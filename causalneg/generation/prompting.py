@@ -37,11 +37,33 @@ def _environment() -> Environment:
     )
 
 
-@lru_cache(maxsize=1)
-def template_version() -> str:
-    """Hash of every prompt file (templates and profiles), 16 hex characters."""
-    files = sorted(p for p in PROMPTS_DIR.iterdir() if p.is_file() and p.suffix in (".jinja", ".yaml"))
+GROUNDED_PREFIX = "grounded_"  # the grounded-edit method's templates (causalneg.generation.grounded)
+
+
+@lru_cache(maxsize=2)
+def template_version(family: str = "official") -> str:
+    """Hash of a method family's prompt files plus the profiles, 16 hex characters.
+
+    ``official``: every template but ``grounded_*`` (the CausalNeg and naive prompts); ``grounded``: the
+    ``grounded_*`` templates. Editing one family's templates leaves the other family's request keys unchanged.
+    """
+    if family not in ("official", "grounded"):
+        raise ValueError(f"unknown template family {family!r}")
+    files = sorted(
+        p
+        for p in PROMPTS_DIR.iterdir()
+        if p.is_file()
+        and (
+            p.suffix == ".yaml"
+            or (p.suffix == ".jinja" and p.name.startswith(GROUNDED_PREFIX) == (family == "grounded"))
+        )
+    )
     return fingerprint({p.name: p.read_text(encoding="utf-8") for p in files})[:16]
+
+
+def render_template(name: str, **context: Any) -> str:
+    """Render ``prompts/<name>.jinja`` with ``context`` (strict: an undefined variable is an error)."""
+    return _environment().get_template(f"{name}.jinja").render(**context).strip()
 
 
 @lru_cache(maxsize=1)

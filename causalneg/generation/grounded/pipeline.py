@@ -1,0 +1,517 @@
+"""The grounded-edit pipeline: span-anchored decomposition -> substitutes -> edits by code -> verification.
+
+For each selected query (one at a time, so that an engine with a prefix cache, like llama.cpp, reuses the
+system prompt and the passage across the query's calls):
+
+1. **Evidence** (no LLM): the positive's spans (:mod:`.spans`) that the query names, minus answer aliases, and
+   its sentences. Among the query's judged positives the one with the most query-side spans is edited.
+2. **Decompose** (LLM, schema :func:`.schemas.decomposition_schema`): 2-4 requirements, each anchored to one of
+   those options, with a critical flag and a break strategy. Invalid output is retried (fresh recorded seed,
+   higher temperature), as in the official pipeline.
+3. **Edit** (LLM only for the substitute): per critical requirement, a span with a replacement strategy gets a
+   short substitute (:class:`.schemas.Substitute`) and every mention is replaced (:func:`.edits.replace_mentions`);
+   a sentence, or a span with ``relation_break``, loses its sentence (:func:`.edits.drop_sentence`).
+4. **Verify** (:mod:`.verify`): cheap checks, then the encoder's false-negative guard, then the LLM judge.
+
+Every LLM call goes through the :class:`~causalneg.generation.store.RequestStore` (the judge's scores too), so an
+interrupted run resumes without redoing or duplicating a request. Output: the same
+:class:`~causalneg.generation.pipeline.PipelineResult` as the official methods, so artifacts and training are
+shared; each kept negative records its requirement, evidence span, edit, strategy, judge probability and
+similarities.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from pydantic import BaseModel
+from tqdm.auto import tqdm
+
+from causalneg.artifacts import fingerprint
+from causalneg.generation.backends.base import GenerationBackend, GenerationRequest, RawOutput, SamplingConfig
+from causalneg.generation.filters import Verdict, parse_output
+from causalneg.generation.grounded import edits as E
+from causalneg.generation.grounded.schemas import (
+    JUDGE_CHOICES,
+    MAX_REQUIREMENTS,
+    MIN_REQUIREMENTS,
+    REPLACE_STRATEGIES,
+    JudgeAnswer,
+    Substitute,
+    decomposition_schema,
+    requirements_of,
+    sentence_label,
+)
+from causalneg.generation.grounded.spans import Span, extract_spans, query_side_spans, split_sentences
+from causalneg.generation.grounded.verify import (
+    VerifyConfig,
+    check_edit,
+    check_judge,
+    check_similarity,
+    check_substitute,
+)
+from causalneg.generation.pipeline import PipelineResult
+from causalneg.generation.prompting import load_profiles, render_template, template_version
+from causalneg.generation.schemas import schema_hash
+from causalneg.generation.store import RequestStore, derive_seed, request_key
+
+Similarity = Callable[[str, list[str]], list[float]]  # (query, passages) -> cos(q, passage) under the encoder
+MIN_SENTENCE_WORDS = 5  # shorter "sentences" (a title) are shown but not offered as evidence
+
+
+@dataclass(frozen=True)
+class GroundedSettings:
+    """How the grounded method generates; ``sampling`` maps ``decompose``/``substitute`` to base sampling."""
+
+    num_negatives: int = 3  # at most this many kept per query
+    max_spans: int = 10  # query-side spans offered as evidence
+    max_sentences: int = 8  # sentences shown (and offered) per passage
+    min_overlap: float = 0.5  # share of a span's content tokens the query must name
+    max_retries: int = 2
+    temperature_step: float = 0.2
+    max_temperature: float = 1.3
+    seed: int = 0
+    source: str = "generated"
+    backend_signature: str = ""
+    use_spacy: bool = True
+    progress: bool = True
+    sampling: dict[str, SamplingConfig] = field(default_factory=dict)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+    def stage_sampling(self, stage: str, attempt: int) -> SamplingConfig:
+        base = self.sampling.get(stage, SamplingConfig(max_new_tokens=64 if stage == "substitute" else 400))
+        temperature = min(base.temperature + attempt * self.temperature_step, self.max_temperature)
+        return replace(base, temperature=max(base.temperature, temperature))
+
+
+@dataclass(frozen=True)
+class GroundedItem:
+    """One query: its text, gold answers, and its judged positives as ``(passage id, full text)``."""
+
+    query_id: str
+    query: str
+    positives: tuple[tuple[str, str], ...]
+    answers: tuple[str, ...] = ()
+    profile: str = "generic"
+
+
+@dataclass
+class _Evidence:
+    positive_id: str
+    passage: str
+    spans: list[Span]
+    sentences: list[str]
+
+    @property
+    def sentence_options(self) -> dict[str, str]:
+        return {
+            sentence_label(i): s for i, s in enumerate(self.sentences) if len(s.split()) >= MIN_SENTENCE_WORDS
+        }
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return tuple(s.text for s in self.spans) + tuple(self.sentence_options)
+
+
+class JudgeBackend:
+    """The LLM judge as a journaled backend: each output is ``{"yes": p, "no": 1 - p}`` as JSON text.
+
+    Uses the backend's :class:`~causalneg.generation.backends.base.ChoiceScorer` when it has one (next-token
+    probabilities); otherwise a greedy yes/no answer constrained by :class:`.schemas.JudgeAnswer` (p is 0 or 1).
+    """
+
+    def __init__(self, backend: GenerationBackend) -> None:
+        self.backend = backend
+        self.name = f"{backend.name}-judge"
+        self.model_id = backend.model_id
+        self.scores = hasattr(backend, "choice_probabilities")
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], schema: type[BaseModel], sampling: SamplingConfig
+    ) -> list[RawOutput]:
+        if self.scores:
+            try:
+                probabilities = self.backend.choice_probabilities(requests, JUDGE_CHOICES)  # type: ignore[attr-defined]
+            except Exception as err:  # one failed call fails its requests only; a re-run retries them
+                return [RawOutput(r.key, "", 0, error=f"judge: {err}") for r in requests]
+            return [RawOutput(r.key, json.dumps(p), 0) for r, p in zip(requests, probabilities, strict=True)]
+        outputs = self.backend.generate(requests, JudgeAnswer, sampling)
+        converted = []
+        for output in outputs:
+            parsed, verdict = parse_output(output, JudgeAnswer)
+            if parsed is None:
+                converted.append(
+                    RawOutput(output.key, "", 0, error=f"judge: {verdict.reason} {verdict.detail}")
+                )
+                continue
+            yes = 1.0 if parsed.answer == "yes" else 0.0  # type: ignore[attr-defined]
+            converted.append(
+                RawOutput(output.key, json.dumps({"yes": yes, "no": 1 - yes}), output.output_tokens)
+            )
+        return converted
+
+    def close(self) -> None:  # the wrapped backend is closed by its owner
+        return None
+
+
+@dataclass
+class _Run:
+    settings: GroundedSettings
+    backend: GenerationBackend
+    judge: JudgeBackend
+    store: RequestStore
+    similarity: Similarity | None
+    document_frequency: Callable[[str], float] | None
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    decompositions: list[dict[str, Any]] = field(default_factory=list)
+    outputs: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    stats: Counter[str] = field(default_factory=Counter)
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def messages(
+        self, template: str, item: GroundedItem, sentences: list[str], **extra: Any
+    ) -> list[dict[str, str]]:
+        profile = load_profiles()[item.profile]
+        system = render_template("grounded_system", profile=profile)
+        user = render_template(f"grounded_{template}", sentences=sentences, query=item.query, **extra)
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def call(
+        self,
+        stage: str,
+        attempt: int,
+        schema: type[BaseModel],
+        item: GroundedItem,
+        messages: list[dict[str, str]],
+        tag: str = "",
+    ) -> RawOutput:
+        """One journaled request (``tag`` tells apart several requests of one stage for the same query)."""
+        judge = stage == "judge"
+        sampling = (
+            SamplingConfig(max_new_tokens=1, temperature=0.0, top_p=1.0)
+            if judge
+            else self.settings.stage_sampling(stage, attempt)
+        )
+        seed = derive_seed(self.settings.seed, item.query_id, stage, tag, attempt)
+        key = request_key(
+            template=template_version("grounded"),
+            schema=schema_hash(schema),
+            model=self.backend.model_id,
+            backend=self.settings.backend_signature + ("+scores" if judge and self.judge.scores else ""),
+            sampling=asdict(sampling),
+            seed=seed,
+            row=item.query_id,
+            stage=stage,
+            tag=tag,
+            attempt=attempt,
+            messages=fingerprint(messages),
+        )
+        meta = {
+            "stage": stage,
+            "query_id": item.query_id,
+            "attempt": attempt,
+            "model_id": self.backend.model_id,
+        }
+        engine: Any = self.judge if judge else self.backend
+        output = self.store.run(
+            [GenerationRequest(key, messages, seed)], [meta], engine, schema, sampling, progress=False
+        )[0]
+        record = self.store.records.get(output.key, {})
+        self.tokens += output.output_tokens
+        self.seconds += float(record.get("seconds", 0.0))
+        self.outputs[f"{stage}/total"] += 1
+        return output
+
+    def reject(self, item: GroundedItem, stage: str, verdict: Verdict, **extra: Any) -> None:
+        assert verdict.reason is not None
+        self.reasons[verdict.reason] += 1
+        self.rejected.append(
+            {
+                "query_id": item.query_id,
+                "stage": stage,
+                "reason": verdict.reason,
+                "detail": verdict.detail,
+                **extra,
+            }
+        )
+
+
+def _evidence(item: GroundedItem, settings: GroundedSettings) -> _Evidence | None:
+    """The positive to edit (most query-side spans; ties: the first) with its spans and sentences."""
+    aliases = list(item.answers)
+    best: _Evidence | None = None
+    for positive_id, text in item.positives:
+        passage = " ".join(text.split())
+        spans = query_side_spans(
+            extract_spans(passage, settings.use_spacy),
+            item.query,
+            aliases,
+            settings.min_overlap,
+            settings.max_spans,
+        )
+        sentences = split_sentences(passage)[: settings.max_sentences]
+        evidence = _Evidence(positive_id, passage, spans, sentences)
+        if best is None or len(spans) > len(best.spans):
+            best = evidence
+    return best if best is not None and best.options else None
+
+
+def _decompose(run: _Run, item: GroundedItem, evidence: _Evidence) -> tuple[BaseModel, RawOutput, int] | None:
+    schema = decomposition_schema(tuple(s.text for s in evidence.spans), tuple(evidence.sentence_options))
+    messages = run.messages(
+        "decompose",
+        item,
+        evidence.sentences,
+        spans=[s.text for s in evidence.spans],
+        sentence_options=list(evidence.sentence_options),
+        min_requirements=MIN_REQUIREMENTS,
+        max_requirements=MAX_REQUIREMENTS,
+    )
+    for attempt in range(run.settings.max_retries + 1):
+        output = run.call("decompose", attempt, schema, item, messages)
+        parsed, verdict = parse_output(output, schema)
+        if parsed is not None:
+            run.outputs["decompose/valid"] += 1
+            return parsed, output, attempt
+        run.reject(item, "decompose", verdict, attempt=attempt, request_key=output.key, raw=output.text)
+    return None
+
+
+def _substitute(
+    run: _Run, item: GroundedItem, evidence: _Evidence, span: Span, requirement: str
+) -> tuple[str, RawOutput] | None:
+    messages = run.messages(
+        "substitute",
+        item,
+        evidence.sentences,
+        span=span.text,
+        kind=span.kind.replace("_", " "),
+        requirement=requirement,
+        forbidden=list(item.answers),
+    )
+    for attempt in range(run.settings.max_retries + 1):
+        output = run.call("substitute", attempt, Substitute, item, messages, tag=span.text)
+        parsed, verdict = parse_output(output, Substitute)
+        if parsed is not None:
+            run.outputs["substitute/valid"] += 1
+            substitute = parsed.substitute.strip()  # type: ignore[attr-defined]
+            verdict = check_substitute(substitute, span, item.query, item.answers)
+            if verdict.kept:
+                return substitute, output
+        run.reject(item, "substitute", verdict, attempt=attempt, span=span.text, raw=output.text)
+    return None
+
+
+def _judge(run: _Run, item: GroundedItem, text: str) -> float:
+    messages = run.messages("judge", item, split_sentences(text)[: run.settings.max_sentences])
+    output = run.call("judge", 0, JudgeAnswer, item, messages, tag=fingerprint(text)[:16])
+    if output.error:
+        raise RuntimeError(f"judge failed for query {item.query_id}: {output.error}")
+    return float(json.loads(output.text)["yes"])
+
+
+def _candidate_edits(
+    run: _Run, item: GroundedItem, evidence: _Evidence, decomposition: BaseModel
+) -> list[dict[str, Any]]:
+    """One edit per distinct critical requirement, with its provenance (before the verification)."""
+    spans = {s.text: s for s in evidence.spans}
+    sentence_options = evidence.sentence_options
+    seen: set[tuple[str, str]] = set()
+    edits = []
+    for index, requirement in enumerate(requirements_of(decomposition)):
+        strategy = requirement["strategy"]
+        run.stats[f"requirements/{strategy}"] += 1
+        if not requirement["critical"]:
+            run.stats["requirements/not_critical"] += 1
+            continue
+        span = spans.get(requirement["evidence"])
+        operation = "replace" if span is not None and strategy in REPLACE_STRATEGIES else "drop_sentence"
+        if (requirement["evidence"], operation) in seen:
+            run.stats["requirements/repeated"] += 1
+            continue
+        seen.add((requirement["evidence"], operation))
+        info = {
+            "requirement": requirement["requirement"],
+            "requirement_index": index,
+            "evidence": requirement["evidence"],
+            "strategy_type": strategy,
+        }
+        if span is not None and operation == "replace":
+            found = _substitute(run, item, evidence, span, requirement["requirement"])
+            if found is None:
+                continue
+            edit = E.replace_mentions(evidence.passage, span, found[0])
+            info.update(span_kind=span.kind, substitute_request_key=found[1].key)
+        else:
+            sentence = sentence_options.get(requirement["evidence"])
+            if sentence is None:
+                run.reject(item, "edit", Verdict("span_not_found", requirement["evidence"]), **info)
+                continue
+            edit = E.drop_sentence(evidence.passage, sentence)
+            info.update(span_kind="sentence")
+        edits.append({"edit": edit, "span": span, **info})
+    return edits
+
+
+def _verify(
+    run: _Run, item: GroundedItem, evidence: _Evidence, edits: list[dict[str, Any]], positive_p_yes: float
+) -> list[dict[str, Any]]:
+    cfg = run.settings.verify
+    passing: list[dict[str, Any]] = []
+    for candidate in edits:
+        edit: E.Edit = candidate["edit"]
+        verdict = check_edit(
+            edit,
+            evidence.passage,
+            item.query,
+            item.answers,
+            candidate["strategy_type"],
+            candidate["span"],
+            cfg,
+            [c["edit"].text for c in passing],
+            run.document_frequency,
+        )
+        if not verdict.kept:
+            run.reject(
+                item, "verify", verdict, text=edit.text, edit=_edit_record(edit), **_provenance(candidate)
+            )
+            continue
+        passing.append(candidate)
+    sims: list[float] = []
+    if passing and run.similarity is not None:
+        sims = run.similarity(item.query, [evidence.passage, *[c["edit"].text for c in passing]])
+    kept = []
+    for i, candidate in enumerate(passing):
+        if len(kept) >= run.settings.num_negatives:
+            run.stats["edits/over_cap"] += 1
+            continue
+        edit = candidate["edit"]
+        record = {"text": edit.text, "edit": _edit_record(edit), **_provenance(candidate)}
+        if sims:
+            record["similarity"] = {
+                "query_negative": round(sims[i + 1], 4),
+                "query_positive": round(sims[0], 4),
+            }
+            verdict = check_similarity(sims[i + 1], sims[0], cfg)
+            if not verdict.kept:
+                run.reject(item, "verify", verdict, **record)
+                continue
+        if cfg.judge:
+            record["judge_p_yes"] = round(_judge(run, item, edit.text), 4)
+            verdict = check_judge(record["judge_p_yes"], positive_p_yes, cfg)
+            if not verdict.kept:
+                run.reject(item, "verify", verdict, **record)
+                continue
+        kept.append(record)
+    return kept
+
+
+def _edit_record(edit: E.Edit) -> dict[str, Any]:
+    return {
+        "operation": edit.operation,
+        "original": edit.original,
+        "replacement": edit.replacement,
+        "mentions": edit.mentions,
+    }
+
+
+def _provenance(candidate: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in candidate.items() if k not in ("edit", "span") and v is not None} | {
+        "span": candidate["span"].text if candidate["span"] is not None else None
+    }
+
+
+def _process(run: _Run, item: GroundedItem) -> dict[str, Any]:
+    evidence = _evidence(item, run.settings)
+    first_positive = item.positives[0][0] if item.positives else ""
+    if evidence is None:
+        run.reject(item, "evidence", Verdict("no_evidence", "no query-side span and no sentence"))
+        return {"query_id": item.query_id, "positive_id": first_positive, "negatives": []}
+    run.stats["queries/with_query_spans"] += bool(evidence.spans)
+    decomposed = _decompose(run, item, evidence)
+    if decomposed is None:
+        return {"query_id": item.query_id, "positive_id": evidence.positive_id, "negatives": []}
+    decomposition, output, attempt = decomposed
+    info: dict[str, Any] = {
+        "query_id": item.query_id,
+        "positive_id": evidence.positive_id,
+        "request_key": output.key,
+        "attempt": attempt,
+        "decomposition": decomposition.model_dump(),
+        "offered_spans": [
+            {"text": s.text, "kind": s.kind, "query_overlap": s.query_overlap} for s in evidence.spans
+        ],
+        "offered_sentences": len(evidence.sentence_options),
+    }
+    positive_p_yes = _judge(run, item, evidence.passage) if run.settings.verify.judge else 1.0
+    info["judge_p_yes_positive"] = round(positive_p_yes, 4)
+    run.decompositions.append(info)
+    edits = _candidate_edits(run, item, evidence, decomposition)
+    kept = _verify(run, item, evidence, edits, positive_p_yes)
+    negatives = [{"source": run.settings.source, "target": "positive", **k} for k in kept]
+    for negative in negatives:
+        run.stats[f"kept/{negative['strategy_type']}"] += 1
+    return {"query_id": item.query_id, "positive_id": evidence.positive_id, "negatives": negatives}
+
+
+def run_grounded(
+    items: Sequence[GroundedItem],
+    backend: GenerationBackend,
+    store: RequestStore,
+    settings: GroundedSettings,
+    similarity: Similarity | None = None,
+    document_frequency: Callable[[str], float] | None = None,
+) -> PipelineResult:
+    """Grounded counterfactual edits for ``items`` (module docstring); resumable through ``store``."""
+    run = _Run(settings, backend, JudgeBackend(backend), store, similarity, document_frequency)
+    rows = []
+    started = time.perf_counter()
+    bar = tqdm(items, desc="grounded edits", unit="query", disable=not settings.progress)
+    for item in bar:
+        rows.append(_process(run, item))
+        kept = sum(len(r["negatives"]) for r in rows)
+        bar.set_postfix(kept=kept, with_negatives=sum(1 for r in rows if r["negatives"]))
+    bar.close()
+    return PipelineResult(
+        rows, run.rejected, run.decompositions, _counts(run, rows, time.perf_counter() - started)
+    )
+
+
+def _counts(run: _Run, rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    stages = sorted({k.split("/")[0] for k in run.outputs})
+    total = sum(run.outputs[f"{s}/total"] for s in stages if s != "judge")
+    valid = sum(run.outputs[f"{s}/valid"] for s in stages if s != "judge")
+    kept = sum(len(r["negatives"]) for r in rows)
+    with_negatives = sum(1 for r in rows if r["negatives"])
+    edit_rejections = sum(
+        n for r, n in run.reasons.items() if r not in ("backend_error", "invalid_json", "schema_violation")
+    )
+    return {
+        "method": "grounded",
+        "queries": len(rows),
+        "queries_with_negatives": with_negatives,
+        "query_yield": round(with_negatives / len(rows), 4) if rows else 0.0,
+        "kept_per_query_with_negatives": round(kept / with_negatives, 3) if with_negatives else 0.0,
+        "requests": total,
+        "schema_valid": valid,
+        "validity_rate": round(valid / total, 4) if total else 0.0,
+        "per_stage": {
+            s: {"requests": run.outputs[f"{s}/total"], "valid": run.outputs[f"{s}/valid"]} for s in stages
+        },
+        "negatives_kept": kept,
+        "negatives_rejected": edit_rejections,
+        "kept_rate": round(kept / (kept + edit_rejections), 4) if kept + edit_rejections else 0.0,
+        "rejections": dict(sorted(run.reasons.items())),
+        "stats": dict(sorted(run.stats.items())),
+        "output_tokens": run.tokens,
+        "generation_seconds": round(run.seconds, 3),
+        "tokens_per_s": round(run.tokens / run.seconds, 2) if run.seconds else None,
+        "seconds_per_query": round(wall / len(rows), 2) if rows else None,
+    }

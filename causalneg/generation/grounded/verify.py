@@ -1,0 +1,137 @@
+"""Verification of grounded edits: every check keeps or rejects with a reason (counted in the manifest and MLflow).
+
+In order (cheap checks first; the encoder and the LLM judge only see what passed them):
+
+1. ``substitute_invalid``: the substitute equals, contains or is contained in the original span, is named by the
+   query (it would keep the query's entity), or is a gold answer alias.
+2. ``span_not_found``: the edit changed nothing (no mention matched).
+3. ``mention_left``: after a replacement, a mention of the replaced span survives: its full form, a person's
+   surname, or a distinctive token (:func:`~causalneg.generation.grounded.edits.remaining_mentions`).
+4. ``answer_leak``: a gold answer alias (case, diacritics and numbers in words folded;
+   :func:`causalneg.generation.filters.leaked_answer`) is still in the text, for edits that keep the passage about
+   the query's entity: attribute and constraint replacements and sentence drops. An ``entity_shift`` moves the
+   passage to another entity, where the answer string may legitimately remain ("The Island, directed by Michael
+   Bay" with the actor swapped no longer answers "which film with actor X"); there check 3 is the rule.
+5. ``edit_too_large`` / ``too_short``: the edit touched more than ``max_changed_fraction`` of the passage, or left
+   fewer than ``min_words`` words.
+6. ``duplicate``: the same text as a negative already kept for the query.
+7. ``similar_to_query`` (false-negative guard, as the mining filter's relative margin): rejected when
+   ``cos(q, neg) > relative_margin * cos(q, pos)`` under the encoder.
+8. ``judge_says_relevant``: the LLM judge's ``P(yes)`` to "does this passage contain what the query asks for?"
+   is at least ``judge_threshold``, or above the positive's own ``P(yes)`` minus ``judge_margin``
+   (:func:`check_judge`); both probabilities are recorded on every kept negative and decomposition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from causalneg.generation.filters import Verdict, leaked_answer, normalize
+from causalneg.generation.grounded.edits import Edit, remaining_mentions
+from causalneg.generation.grounded.spans import Span, query_overlap
+
+REASONS = (
+    "substitute_invalid",
+    "span_not_found",
+    "mention_left",
+    "answer_leak",
+    "edit_too_large",
+    "too_short",
+    "duplicate",
+    "similar_to_query",
+    "judge_says_relevant",
+)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Thresholds of the grounded checks (see the module docstring)."""
+
+    check_answers: bool = True
+    max_changed_fraction: float = 0.6
+    min_words: int = 8
+    rare_df: float = 0.002  # a span token in fewer than this share of corpus documents is distinctive
+    relative_margin: float | None = 0.95  # None = no encoder guard
+    judge: bool = True
+    judge_threshold: float = 0.9  # confident "yes": rejected whatever the positive scored
+    judge_margin: float = 0.0  # the negative must score below the positive's P(yes) minus this
+
+
+def check_substitute(substitute: str, span: Span, query: str, answers: Sequence[str]) -> Verdict:
+    """Is ``substitute`` a usable replacement for ``span`` (different, not the query's, not an answer)?"""
+    sub, original = normalize(substitute), normalize(span.text)
+    if not sub:
+        return Verdict("substitute_invalid", "empty")
+    if sub == original or f" {original} " in f" {sub} " or f" {sub} " in f" {original} ":
+        return Verdict("substitute_invalid", f"{substitute!r} overlaps the original {span.text!r}")
+    if query_overlap(substitute, query) >= 0.5 and query_overlap(span.text, query) > 0:
+        return Verdict("substitute_invalid", f"{substitute!r} is named by the query")
+    if answers and leaked_answer(substitute, answers, query) is not None:
+        return Verdict("substitute_invalid", f"{substitute!r} is a gold answer")
+    return Verdict()
+
+
+def check_edit(
+    edit: Edit,
+    positive: str,
+    query: str,
+    answers: Sequence[str],
+    strategy: str,
+    span: Span | None,
+    cfg: VerifyConfig,
+    kept: Sequence[str] = (),
+    document_frequency: Callable[[str], float] | None = None,
+) -> Verdict:
+    """Checks 2-6 of the module docstring for one edit of ``positive``."""
+    if edit.mentions == 0 or normalize(edit.text) == normalize(positive):
+        return Verdict("span_not_found", repr(edit.original[:80]))
+    if edit.operation == "replace" and span is not None:
+        left = remaining_mentions(edit.text, span, edit.replacement, document_frequency, cfg.rare_df)
+        if left:
+            return Verdict("mention_left", ", ".join(repr(m) for m in left))
+    about_same_entity = not (edit.operation == "replace" and strategy == "entity_shift")
+    if cfg.check_answers and answers and about_same_entity:
+        answer = leaked_answer(edit.text, answers, query)
+        if answer is not None:
+            return Verdict("answer_leak", repr(answer))
+    fraction = edit.changed_fraction(positive)
+    if fraction > cfg.max_changed_fraction:
+        return Verdict("edit_too_large", f"{fraction:.2f} of the passage")
+    words = len(edit.text.split())
+    if words < cfg.min_words:
+        return Verdict("too_short", f"{words} words left")
+    if any(normalize(edit.text) == normalize(k) for k in kept):
+        return Verdict("duplicate")
+    return Verdict()
+
+
+def check_similarity(neg_similarity: float, pos_similarity: float, cfg: VerifyConfig) -> Verdict:
+    """The false-negative guard: ``cos(q, neg) <= relative_margin * cos(q, pos)``."""
+    if cfg.relative_margin is None:
+        return Verdict()
+    bound = cfg.relative_margin * pos_similarity
+    if neg_similarity > bound:
+        return Verdict(
+            "similar_to_query", f"cos {neg_similarity:.3f} > {cfg.relative_margin} x {pos_similarity:.3f}"
+        )
+    return Verdict()
+
+
+def check_judge(p_yes: float, positive_p_yes: float, cfg: VerifyConfig) -> Verdict:
+    """Reject when the judge is confident the negative answers (``P(yes) >= judge_threshold``), or when it finds
+    it no less relevant than the positive itself (``P(yes) > P(yes | positive) - judge_margin``).
+
+    The second rule calibrates a judge per query: small models say "yes" to anything on topic (the 1.5B gave
+    on-topic positives P(yes) 0.57-0.74), so an absolute threshold alone rejects everything or nothing.
+    """
+    if not cfg.judge:
+        return Verdict()
+    if p_yes >= cfg.judge_threshold:
+        return Verdict("judge_says_relevant", f"P(yes) {p_yes:.3f} >= {cfg.judge_threshold}")
+    if p_yes > positive_p_yes - cfg.judge_margin:
+        return Verdict(
+            "judge_says_relevant",
+            f"P(yes) {p_yes:.3f} > P(yes | positive) {positive_p_yes:.3f} - {cfg.judge_margin}",
+        )
+    return Verdict()

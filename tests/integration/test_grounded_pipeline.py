@@ -1,0 +1,144 @@
+"""The grounded pipeline end to end with a scripted backend: kept rows and their provenance, rejection counts,
+the judge's calibration, and resume from the journal (no request sent twice, same rows)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from causalneg.generation.backends.base import GenerationRequest, RawOutput, SamplingConfig
+from causalneg.generation.grounded.pipeline import GroundedItem, GroundedSettings, run_grounded
+from causalneg.generation.grounded.verify import VerifyConfig
+from causalneg.generation.store import RequestStore
+
+pytestmark = pytest.mark.integration
+
+PASSAGE = (
+    "Unbreakable (film). Unbreakable is a 2000 American superhero thriller film written and directed by "
+    "M. Night Shyamalan. It stars Bruce Willis as David Dunn, a security guard who survives a train crash. "
+    "The film was released on November 22, 2000 by Touchstone Pictures."
+)
+ITEM = GroundedItem(
+    query_id="q1",
+    query="What is the name of Bruce Willis's character in Unbreakable?",
+    positives=(("p1", PASSAGE),),
+    answers=("David Dunn",),
+)
+
+
+def _req(requirement: str, evidence: str, strategy: str, critical: bool | None = None) -> dict[str, object]:
+    out: dict[str, object] = {"requirement": requirement, "evidence": evidence, "strategy": strategy}
+    return out if critical is None else {**out, "critical": critical}
+
+
+class ScriptedBackend:
+    """Decomposes into (Bruce Willis: entity_shift, sentence 3: relation_break, Unbreakable: attribute_shift),
+    substitutes "Samuel L. Jackson" / "Glass", and judges: the positive 0.8, any passage without "Bruce Willis"
+    0.3, else 0.85."""
+
+    name, model_id = "scripted", "scripted-llm"
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], schema: type[BaseModel], sampling: SamplingConfig
+    ) -> list[RawOutput]:
+        outputs = []
+        for request in requests:
+            self.sent.append(request.key)
+            user = request.messages[-1]["content"]
+            if "requirements" in user:
+                text = json.dumps(
+                    {"main_requirement": _req("the actor", "Bruce Willis", "entity_shift")}
+                    | {
+                        "other_requirements": [
+                            _req("the role", "sentence 3", "relation_break", True),
+                            _req("the film", "Unbreakable", "attribute_shift", True),
+                            _req("the year", "sentence 2", "relation_break", False),
+                        ]
+                    }
+                )
+            else:
+                text = json.dumps({"substitute": "Glass" if '"Unbreakable"' in user else "Samuel L. Jackson"})
+            outputs.append(RawOutput(request.key, text, 10))
+        return outputs
+
+    def choice_probabilities(
+        self, requests: Sequence[GenerationRequest], choices: Sequence[str]
+    ) -> list[dict[str, float]]:
+        out = []
+        for request in requests:
+            self.sent.append(request.key)
+            user = request.messages[-1]["content"].split("Query:")[0]  # the passage shown
+            p = 0.8 if "Bruce Willis as David Dunn, a security" in user and "Touchstone" in user else 0.3
+            p = 0.85 if p == 0.3 and "Bruce Willis" in user else p
+            out.append({"yes": p, "no": 1 - p})
+        return out
+
+    def close(self) -> None:
+        return None
+
+
+def _settings(**verify: object) -> GroundedSettings:
+    return GroundedSettings(progress=False, verify=VerifyConfig(relative_margin=None, **verify))  # type: ignore[arg-type]
+
+
+def test_kept_negatives_carry_their_provenance_and_rejections_are_counted(tmp_path: Path) -> None:
+    backend = ScriptedBackend()
+    result = run_grounded([ITEM], backend, RequestStore(tmp_path / "journal.jsonl"), _settings())
+    negatives = result.rows[0]["negatives"]
+    by_strategy = {n["strategy_type"]: n for n in negatives}
+    assert set(by_strategy) == {"entity_shift", "relation_break"}
+    swap = by_strategy["entity_shift"]
+    assert "Bruce Willis" not in swap["text"] and "Samuel L. Jackson as David Dunn" in swap["text"]
+    assert swap["edit"] == {
+        "operation": "replace",
+        "original": "Bruce Willis",
+        "replacement": "Samuel L. Jackson",
+        "mentions": 1,
+    }
+    assert (
+        swap["span"] == "Bruce Willis" and swap["requirement"] == "the actor" and swap["judge_p_yes"] == 0.3
+    )
+    assert swap["source"] == "generated" and swap["target"] == "positive"
+    # Dropping sentence 3 removes the answer and the actor: a relation break.
+    assert "David Dunn" not in by_strategy["relation_break"]["text"]
+    assert by_strategy["relation_break"]["edit"]["operation"] == "drop_sentence"
+    # "Unbreakable" -> "Glass" as an attribute edit keeps the passage about the same character: the answer leaks.
+    reasons = result.counts["rejections"]
+    assert reasons == {"answer_leak": 1}
+    assert result.counts["stats"]["requirements/not_critical"] == 1
+    assert sum(reasons.values()) == result.counts["negatives_rejected"]
+    assert result.decompositions[0]["judge_p_yes_positive"] == 0.8
+    assert result.counts["queries_with_negatives"] == 1
+
+
+def test_judge_calibration_rejects_negatives_the_judge_rates_like_the_positive(tmp_path: Path) -> None:
+    result = run_grounded(
+        [ITEM], ScriptedBackend(), RequestStore(tmp_path / "j.jsonl"), _settings(judge_margin=0.6)
+    )
+    assert result.rows[0]["negatives"] == []
+    assert result.counts["rejections"]["judge_says_relevant"] >= 1
+
+
+def test_resume_from_the_journal_sends_nothing_twice_and_gives_the_same_rows(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    first_backend = ScriptedBackend()
+    first = run_grounded([ITEM], first_backend, RequestStore(journal), _settings())
+    lines = journal.read_text().splitlines()
+    assert len(lines) == len(set(first_backend.sent)) == len({json.loads(x)["key"] for x in lines})
+    # Simulate a kill after the first two finished requests: keep only them, then run again.
+    journal.write_text("\n".join(lines[:2]) + "\n")
+    second_backend = ScriptedBackend()
+    second = run_grounded([ITEM], second_backend, RequestStore(journal), _settings())
+    assert len(second_backend.sent) == len(lines) - 2
+    assert not set(second_backend.sent) & {json.loads(x)["key"] for x in lines[:2]}
+    assert second.rows == first.rows
+    third_backend = ScriptedBackend()
+    assert run_grounded([ITEM], third_backend, RequestStore(journal), _settings()).rows == first.rows
+    assert third_backend.sent == []

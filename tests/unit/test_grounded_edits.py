@@ -1,0 +1,171 @@
+"""Grounded edits: span candidates, query-side matching, edits applied by code, and every verification rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from causalneg.generation.grounded import edits as E
+from causalneg.generation.grounded.schemas import decomposition_schema, requirements_of
+from causalneg.generation.grounded.spans import (
+    Span,
+    content_tokens,
+    extract_spans,
+    query_overlap,
+    query_side_spans,
+    split_sentences,
+)
+from causalneg.generation.grounded.verify import (
+    VerifyConfig,
+    check_edit,
+    check_judge,
+    check_similarity,
+    check_substitute,
+)
+
+PASSAGE = (
+    "Unbreakable (film). Unbreakable is a 2000 American superhero thriller film written and directed by "
+    "M. Night Shyamalan. It stars Bruce Willis as David Dunn, a security guard. Willis later returned to the "
+    "role in Glass."
+)
+QUERY = "What is the name of Bruce Willis's character in Unbreakable?"
+
+
+def test_content_tokens_drop_stop_words_possessives_and_plurals() -> None:
+    assert content_tokens("Bruce Willis's characters in the film") == ["bruce", "willi", "character", "film"]
+    assert query_overlap("Bruce Willis", QUERY) == 1.0
+    assert query_overlap("security guard", QUERY) == 0.0
+
+
+def test_sentences_do_not_split_at_initials_or_abbreviations() -> None:
+    sentences = split_sentences(PASSAGE)
+    assert sentences[1].endswith("M. Night Shyamalan.")
+    assert len(sentences) == 4
+    assert split_sentences("Dr. Smith arrived. He left.") == ["Dr. Smith arrived.", "He left."]
+
+
+@pytest.mark.parametrize("use_spacy", [False, True])
+def test_query_side_spans_find_the_query_entities_and_skip_answers(use_spacy: bool) -> None:
+    if use_spacy:
+        pytest.importorskip("spacy")
+    spans = extract_spans(PASSAGE, use_spacy=use_spacy)
+    texts = {s.text for s in spans}
+    assert "Bruce Willis" in texts and "David Dunn" in texts
+    assert not any(
+        ". " in s.text and s.text.split(". ")[1][:1].isupper() for s in spans if "M." not in s.text
+    )
+    side = [s.text for s in query_side_spans(spans, QUERY, ["David Dunn"])]
+    assert "Bruce Willis" in side and "Unbreakable" in side
+    assert all("David Dunn" not in t and t != "Dunn" for t in side)
+    assert "Willis" not in side  # contained in a better-ranked span
+
+
+def test_replace_mentions_replaces_full_and_surname_mentions() -> None:
+    span = Span("Bruce Willis", "person", 0)
+    edit = E.replace_mentions(PASSAGE, span, "Samuel L. Jackson")
+    assert "Willis" not in edit.text and "Bruce" not in edit.text
+    assert "It stars Samuel L. Jackson as David Dunn" in edit.text
+    assert "Jackson later returned" in edit.text
+    assert edit.mentions == 2
+    assert E.remaining_mentions(edit.text, span, "Samuel L. Jackson") == []
+
+
+def test_remaining_mentions_reports_a_left_surname_and_a_rare_token() -> None:
+    span = Span("Bruce Willis", "person", 0)
+    partial = PASSAGE.replace("Bruce Willis", "Samuel L. Jackson")  # surname left in the last sentence
+    assert E.remaining_mentions(partial, span, "Samuel L. Jackson") == ["Willis"]
+    work = Span("Arthur's Magazine", "work", 0)
+    text = "Godey's Lady's Book was a periodical. Arthur edited the magazine."
+    rare = {"arthur": 0.0001, "magazine": 0.05}
+    left = E.remaining_mentions(text, work, "Godey's Lady's Book", lambda t: rare.get(t, 0.0), 0.002)
+    assert left == ["Arthur"]  # "Magazine" is a common word, not a mention
+
+
+def test_drop_sentence_and_sentence_with() -> None:
+    sentence = E.sentence_with(PASSAGE, "David Dunn")
+    assert sentence is not None and sentence.startswith("It stars")
+    edit = E.drop_sentence(PASSAGE, sentence)
+    assert "David Dunn" not in edit.text and edit.mentions == 1 and edit.operation == "drop_sentence"
+
+
+def test_decomposition_schema_ties_strategies_to_evidence_and_makes_the_main_one_critical() -> None:
+    schema = decomposition_schema(("Bruce Willis", "Unbreakable"), ("sentence 2", "sentence 3"))
+    ok = schema.model_validate_json(
+        '{"main_requirement": {"requirement": "the actor", "evidence": "Bruce Willis", "strategy": "entity_shift"},'
+        ' "other_requirements": [{"requirement": "the role", "evidence": "sentence 3", "critical": false,'
+        ' "strategy": "relation_break"}]}'
+    )
+    reqs = requirements_of(ok)
+    assert reqs[0]["critical"] is True and reqs[1]["critical"] is False
+    with pytest.raises(ValueError):  # a sentence cannot be entity-shifted
+        schema.model_validate_json(
+            '{"main_requirement": {"requirement": "x", "evidence": "sentence 2", "strategy": "entity_shift"},'
+            ' "other_requirements": [{"requirement": "y", "evidence": "Unbreakable", "critical": true,'
+            ' "strategy": "entity_shift"}]}'
+        )
+    with pytest.raises(ValueError):  # evidence must be one of the passage's options
+        schema.model_validate_json(
+            '{"main_requirement": {"requirement": "x", "evidence": "Tom Hanks", "strategy": "entity_shift"},'
+            ' "other_requirements": [{"requirement": "y", "evidence": "Unbreakable", "critical": true,'
+            ' "strategy": "entity_shift"}]}'
+        )
+
+
+SPAN = Span("Bruce Willis", "person", 0)
+
+
+@pytest.mark.parametrize(
+    ("substitute", "reason"),
+    [
+        ("Samuel L. Jackson", None),
+        ("bruce willis", "substitute_invalid"),  # the same
+        ("Willis", "substitute_invalid"),  # a part of the original
+        ("Bruce Willis Jr.", "substitute_invalid"),  # contains it
+        ("Unbreakable", "substitute_invalid"),  # named by the query
+        ("David Dunn", "substitute_invalid"),  # the gold answer
+    ],
+)
+def test_check_substitute(substitute: str, reason: str | None) -> None:
+    assert check_substitute(substitute, SPAN, QUERY, ["David Dunn"]).reason == reason
+
+
+def _check(edit: E.Edit, strategy: str, span: Span | None, answers: list[str], **cfg: object) -> str | None:
+    return check_edit(edit, PASSAGE, QUERY, answers, strategy, span, VerifyConfig(**cfg)).reason  # type: ignore[arg-type]
+
+
+def test_check_edit_rules() -> None:
+    swap = E.replace_mentions(PASSAGE, SPAN, "Samuel L. Jackson")
+    # An entity swap may keep the answer string: the passage is about another actor now.
+    assert _check(swap, "entity_shift", SPAN, ["David Dunn"]) is None
+    # The same text as an attribute edit keeps the passage about the query's entity: the answer leaks.
+    assert _check(swap, "attribute_shift", SPAN, ["David Dunn"]) == "answer_leak"
+    assert _check(swap, "attribute_shift", SPAN, ["david dunn"]) == "answer_leak"  # case folded
+    missing = E.Edit(PASSAGE, "replace", "Tom Hanks", "X", 0)
+    assert _check(missing, "entity_shift", Span("Tom Hanks", "person", 0), []) == "span_not_found"
+    partial = E.Edit(
+        PASSAGE.replace("Bruce Willis", "Samuel L. Jackson"),
+        "replace",
+        "Bruce Willis",
+        "Samuel L. Jackson",
+        1,
+    )
+    assert _check(partial, "entity_shift", SPAN, []) == "mention_left"
+    dropped = E.drop_sentence(PASSAGE, split_sentences(PASSAGE)[2])
+    assert _check(dropped, "relation_break", None, ["David Dunn"]) is None
+    assert _check(dropped, "relation_break", None, [], max_changed_fraction=0.1) == "edit_too_large"
+    assert _check(dropped, "relation_break", None, [], min_words=100) == "too_short"
+    assert (
+        check_edit(swap, PASSAGE, QUERY, [], "entity_shift", SPAN, VerifyConfig(), [swap.text]).reason
+        == "duplicate"
+    )
+    assert _check(swap, "attribute_shift", SPAN, ["David Dunn"], check_answers=False) is None
+
+
+def test_similarity_guard_and_judge() -> None:
+    cfg = VerifyConfig(relative_margin=0.95, judge_threshold=0.9, judge_margin=0.05)
+    assert check_similarity(0.70, 0.80, cfg).kept
+    assert check_similarity(0.77, 0.80, cfg).reason == "similar_to_query"
+    assert check_similarity(0.99, 0.80, VerifyConfig(relative_margin=None)).kept
+    assert check_judge(0.40, 0.70, cfg).kept
+    assert check_judge(0.68, 0.70, cfg).reason == "judge_says_relevant"  # not clearly below the positive
+    assert check_judge(0.92, 0.99, cfg).reason == "judge_says_relevant"  # confident yes
+    assert check_judge(0.99, 0.99, VerifyConfig(judge=False)).kept
