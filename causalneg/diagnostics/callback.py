@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from causalneg.contracts import TAU_ENT
 from causalneg.diagnostics.plots import mi_curve, save_figure, source_histograms
 from causalneg.diagnostics.shortcut import ShortcutReport, shortcut_diagnostics
 from causalneg.errors import ConfigError
@@ -109,7 +110,8 @@ class ShortcutDiagnostics(Callback):
         every_n_validations: run at validations 1, 1 + n, 1 + 2n, ... (sanity checks excluded).
         n_permutations: shuffles per permutation baseline.
         seed: seeds the estimators' jitter, the permutations and the probe folds (the same every time).
-        temperature_ent: τ_ent of ``gen_mass`` / ``h_gen_norm`` (match the regularizer's).
+        temperature_ent: τ_ent of ``gen_mass`` / ``h_gen_norm``; default :data:`causalneg.contracts.TAU_ENT`,
+            the regularizer's default (keep them equal, or gen_mass is not the regularizer's).
         max_groups: at most this many held-out groups are embedded.
         at_train_start: also measure once before the first training step (the untrained encoder's baseline;
             logged at the current global step and drawn as the "start" histograms).
@@ -121,7 +123,7 @@ class ShortcutDiagnostics(Callback):
         every_n_validations: int = 1,
         n_permutations: int = 20,
         seed: int = 0,
-        temperature_ent: float = 0.1,
+        temperature_ent: float = TAU_ENT,
         max_groups: int = 256,
         at_train_start: bool = True,
         plot_dir: str | None = None,

@@ -54,11 +54,14 @@ def mi_knn(labels: ArrayLike, scores: ArrayLike, n_neighbors: int = 3, seed: int
         n_neighbors: k of the estimator (3 is scikit-learn's default; larger k = lower variance, more bias).
         seed: seeds the tiny jitter scikit-learn adds to break ties in S.
     Returns:
-        The estimate in nats, >= 0 (0 when Z is constant).
+        The estimate in nats, >= 0 (0 when Z is constant; NaN when no class has two samples).
     """
     z, s = _as_label_score(labels, scores)
-    if np.unique(z).size < 2:
+    classes, counts = np.unique(z, return_counts=True)
+    if classes.size < 2:
         return 0.0
+    if counts.max() < 2:
+        return float("nan")  # every class a single sample: no neighbour within any class
     mi = mutual_info_classif(
         s.reshape(-1, 1), z, discrete_features=False, n_neighbors=n_neighbors, random_state=seed
     )

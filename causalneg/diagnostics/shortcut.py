@@ -22,9 +22,12 @@ generated negatives, none of which is a source shortcut:
   folds grouped by query (scored on queries it was not fitted on);
   ``probe_auc_sim``: AUC of S as a score for Z over same-query (generated, mined) pairs (:mod:`.probes`).
 - ``gen_mass``: mean over groups with generated negatives of ``Σ_{k∈G} softmax_k(cos(q, n)/τ_ent)``, the
-  softmax taken over that group's mined ∪ generated negatives (as in the query-view entropy term, DESIGN §1b);
-  ``gen_mass_expected``: mean of ``Ng / (Nm + Ng)`` over the same groups (the mass if the query were blind to
-  the source). ``gen_mass < gen_mass_expected`` means generated negatives are easier than mined ones.
+  softmax taken over that group's mined ∪ generated negatives; ``gen_mass_expected``: mean of
+  ``Ng / (Nm + Ng)`` over the same groups (the mass if the query were blind to the source).
+  ``gen_mass < gen_mass_expected`` means generated negatives are easier than mined ones. Computed by the
+  regularizer's own function (:func:`causalneg.losses.query_view_entropy.query_view_terms`, DESIGN §1b) with
+  τ_ent = :data:`causalneg.contracts.TAU_ENT` by default, so it is the number the regularizer's
+  ``reg/.../gen_mass`` reports for the same embeddings.
 - ``h_gen_norm``: mean of ``H_gen / log Ng`` over groups with ``Ng >= 2``, where
   ``H_gen = −Σ_{k∈G} p̃_k log p̃_k`` and ``p̃_k = p_k / Σ_{k∈G} p_k`` (1 = the query spreads its attention
   evenly over its generated negatives, 0 = it looks at one only).
@@ -41,13 +44,13 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
+from causalneg.contracts import GENERATED_SOURCES, MINED_SOURCES, TAU_ENT
 from causalneg.diagnostics.mutual_information import mi_binned, mi_knn, permutation_baseline
-from causalneg.diagnostics.probes import probe_auc_blind, probe_auc_similarity
-from causalneg.records import NegativeSource
-
-GENERATED_SOURCES = (int(NegativeSource.GENERATED), int(NegativeSource.NAIVE_GENERATED))
+from causalneg.diagnostics.probes import group_codes, probe_auc_blind, probe_auc_similarity
+from causalneg.losses.query_view_entropy import entropy_summary, query_view_terms
 
 
 @dataclass
@@ -95,38 +98,33 @@ def _check_shapes(
 
 
 def entropy_metrics(
-    sim: NDArray[np.float64], is_gen: NDArray[np.bool_], is_mined: NDArray[np.bool_], temperature_ent: float
+    q: NDArray[np.float64],
+    n: NDArray[np.float64],
+    src: NDArray[np.int64],
+    mask: NDArray[np.bool_],
+    temperature_ent: float,
 ) -> dict[str, float]:
-    """``gen_mass``, ``gen_mass_expected`` and ``h_gen_norm`` (see module docstring) from [G, K] arrays.
+    """``gen_mass``, ``gen_mass_expected`` and ``h_gen_norm`` (see module docstring), computed by the
+    regularizer's own :func:`~causalneg.losses.query_view_entropy.query_view_terms` (in float64), so the
+    pool M ∪ G, the mass and the expected share are the training objective's definitions.
 
     Args:
-        sim: [G, K] cosine similarities of query and negative.
-        is_gen: [G, K] True for real generated negatives.
-        is_mined: [G, K] True for real mined negatives.
+        q: [G, D] and n: [G, K, D] L2-normalised embeddings; src: [G, K] sources; mask: [G, K] real slots.
         temperature_ent: τ_ent of the softmax.
     Returns:
         Only the metrics that have at least one contributing group.
     """
-    pool = is_gen | is_mined
-    n_gen = is_gen.sum(axis=1)
-    has_gen = n_gen > 0
-    out: dict[str, float] = {}
-    if not has_gen.any():
-        return out
-    logits = np.where(pool, sim / temperature_ent, -np.inf)[has_gen]  # [G', K]
-    logits = logits - logits.max(axis=1, keepdims=True)
-    prob = np.exp(logits)
-    prob /= prob.sum(axis=1, keepdims=True)
-    gen = is_gen[has_gen]
-    mass = np.where(gen, prob, 0.0).sum(axis=1)  # [G']
-    out["gen_mass"] = float(mass.mean())
-    out["gen_mass_expected"] = float((n_gen[has_gen] / pool[has_gen].sum(axis=1)).mean())
-    multi = n_gen[has_gen] >= 2
-    if multi.any():
-        p_tilde = np.where(gen, prob, 0.0)[multi] / mass[multi, None]  # [G'', K]
-        plogp = np.where(p_tilde > 0, p_tilde * np.log(np.where(p_tilde > 0, p_tilde, 1.0)), 0.0)
-        h_gen = -plogp.sum(axis=1)
-        out["h_gen_norm"] = float((h_gen / np.log(n_gen[has_gen][multi])).mean())
+    codes = torch.tensor([int(c) for c in GENERATED_SOURCES], dtype=torch.long)
+    terms = query_view_terms(
+        torch.from_numpy(q), torch.from_numpy(n), torch.from_numpy(src), torch.from_numpy(mask),
+        temperature_ent, codes,
+    )  # fmt: skip
+    if not bool(terms.has_gen.any()):
+        return {}
+    summary = {k: float(v) for k, v in entropy_summary(terms).items()}
+    out = {"gen_mass": summary["gen_mass"], "gen_mass_expected": summary["gen_mass_expected"]}
+    if bool((terms.n_gen >= 2).any()):
+        out["h_gen_norm"] = summary["h_gen_normalized"]
     return out
 
 
@@ -167,9 +165,10 @@ def shortcut_diagnostics(
     n: Any,
     neg_source: Any,
     neg_mask: Any,
-    temperature_ent: float = 0.1,
+    temperature_ent: float = TAU_ENT,
     n_permutations: int = 20,
     seed: int = 0,
+    query_ids: Any = None,
 ) -> ShortcutReport:
     """Compute every source-shortcut diagnostic for G embedded groups (torch tensors or numpy arrays).
 
@@ -179,18 +178,23 @@ def shortcut_diagnostics(
         n: [G, K, D] negative embeddings (padding slots arbitrary).
         neg_source: [G, K] integer NegativeSource values.
         neg_mask: [G, K] bool, True where the slot holds a real negative.
-        temperature_ent: τ_ent for ``gen_mass`` and ``h_gen_norm``.
+        temperature_ent: τ_ent for ``gen_mass`` and ``h_gen_norm`` (default: the regularizer's,
+            :data:`causalneg.contracts.TAU_ENT`).
         n_permutations: shuffles for each permutation baseline.
         seed: seeds the k-NN jitter, the permutations and the probe's folds.
+        query_ids: [G] query id of each row (a sequence or array of hashables), or None; rows with the same
+            id form one group for the within-query permutations and the probes. Default: every row is its
+            own query (one group per query, as the datamodule's diagnostic loader yields them).
     """
     q_, p_, n_ = (_normalise(to_numpy(x)) for x in (q, p, n))
     src = to_numpy(neg_source, np.int64)
     mask = to_numpy(neg_mask, np.bool_)
     _check_shapes(q_, p_, n_, src, mask)
+    row_query = np.arange(q_.shape[0]) if query_ids is None else group_codes(query_ids, q_.shape[0])
     sim = np.einsum("gd,gkd->gk", q_, n_)  # [G, K]
     margin = np.einsum("gd,gd->g", q_, p_)[:, None] - sim  # [G, K]
-    is_gen = mask & np.isin(src, GENERATED_SOURCES)
-    is_mined = mask & (src == int(NegativeSource.MINED))
+    is_gen = mask & np.isin(src, [int(c) for c in GENERATED_SOURCES])
+    is_mined = mask & np.isin(src, [int(c) for c in MINED_SOURCES])
     metrics: dict[str, float] = {
         "n_groups": float(q_.shape[0]),
         "n_mined": float(is_mined.sum()),
@@ -199,20 +203,20 @@ def shortcut_diagnostics(
     skipped: list[str] = []
     if is_gen.any() and is_mined.any():
         pool = is_gen | is_mined
-        rows = np.broadcast_to(np.arange(q_.shape[0])[:, None], pool.shape)  # [G, K] query of each slot
+        slot_query = np.broadcast_to(row_query[:, None], pool.shape)  # [G, K] query of each slot
         dep = dependence_metrics(
-            is_gen[pool].astype(np.int64), sim[pool], n_[pool], rows[pool], n_permutations, seed
+            is_gen[pool].astype(np.int64), sim[pool], n_[pool], slot_query[pool], n_permutations, seed
         )
         metrics.update(dep)
     else:
         missing = "generated" if not is_gen.any() else "mined"
         skipped.append(f"MI and probe metrics: no {missing} negatives among the held-out groups")
-    metrics.update(entropy_metrics(sim, is_gen, is_mined, temperature_ent))
+    metrics.update(entropy_metrics(q_, n_, src, mask, temperature_ent))
     if is_gen.any() and "h_gen_norm" not in metrics:
         skipped.append("h_gen_norm: no group has two or more generated negatives")
     for key in [k for k, v in metrics.items() if not np.isfinite(v)]:
         skipped.append(
-            f"{key}: not computable on this sample (e.g. fewer members per class than probe folds)"
+            f"{key}: not computable on this sample (e.g. too few queries per class for the probe's folds)"
         )
         del metrics[key]
     return ShortcutReport(

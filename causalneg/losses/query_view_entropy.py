@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from causalneg.contracts import GENERATED_SOURCES, MINED_SOURCES, TAU_ENT
 from causalneg.losses.distributed import all_reduce_sum, is_distributed, world
 from causalneg.losses.infonce import check_inputs
 from causalneg.losses.objective import RegularizerOutput
@@ -36,14 +37,15 @@ class EntropyTerms:
 def entropy_terms(scores: Tensor, gen: Tensor, valid: Tensor) -> EntropyTerms:
     r"""Forward terms and their analytic gradient with respect to the scores, for all queries at once.
 
-    With :math:`P = \mathrm{softmax}_A(s)` over the valid negatives A, :math:`m = \sum_G P`,
+    With :math:`P = \mathrm{softmax}_A(s)` over the pool A = M ∪ G (``valid``), :math:`m = \sum_G P`,
     :math:`\tilde p = \mathrm{softmax}_G(s)`, :math:`H = -\sum_G \tilde p\log\tilde p`,
     :math:`e = N_g/(N_m+N_g)` and :math:`\ell = -H + (m-e)^2`, for :math:`k \in G`:
     :math:`\partial\ell/\partial s_k = \tilde p_k(\log\tilde p_k + H) + 2(m-e)P_k(1-m)`.
     Padding and non-generated slots are filled with ``finfo.min / 2`` (not -inf), so every row (even one
     with no valid or no generated negative) stays finite; such rows are excluded by ``has_gen``.
 
-    Args: ``scores`` [B, K] float (already divided by τ), ``gen`` and ``valid`` [B, K] bool, ``gen ⊆ valid``.
+    Args: ``scores`` [B, K] float (already divided by τ), ``gen`` and ``valid`` [B, K] bool, ``gen ⊆ valid``
+    (use :func:`query_view_terms`, which builds both from the sources, rather than calling this directly).
     """
     fill = torch.finfo(scores.dtype).min / 2
     not_gen, gen_f = ~gen, gen.to(scores.dtype)
@@ -61,6 +63,62 @@ def entropy_terms(scores: Tensor, gen: Tensor, valid: Tensor) -> EntropyTerms:
     dev = gen_mass - expected
     grad = pt * (log_pt + h_gen[:, None]) + (2 * dev * (1 - gen_mass))[:, None] * prob * gen_f
     return EntropyTerms(has_gen, n_gen, gen_mass, expected, h_gen, dev.square() - h_gen, grad)
+
+
+def query_view_pool(neg_source: Tensor, neg_mask: Tensor, generated_codes: Tensor) -> tuple[Tensor, Tensor]:
+    """G and the softmax pool M ∪ G as [B, K] bool masks, from the sources (never from slot positions).
+
+    G: real slots whose source is in ``generated_codes``; M: real slots whose source is in
+    :data:`~causalneg.contracts.MINED_SOURCES`. Other sources (random, in-batch, and generated sources that are
+    not in ``generated_codes``) and padding are in neither.
+    """
+    gen = torch.isin(neg_source, generated_codes.to(neg_source.device)) & neg_mask
+    mined = torch.zeros_like(neg_mask)
+    for code in MINED_SOURCES:
+        mined |= neg_source == int(code)
+    return gen, gen | (mined & neg_mask)
+
+
+def query_view_terms(
+    q: Tensor, n: Tensor, neg_source: Tensor, neg_mask: Tensor, temperature: float, generated_codes: Tensor
+) -> EntropyTerms:
+    r"""The per-query query-view terms of DESIGN §1b; the one definition of the generated mass.
+
+    :math:`s_j = \langle q, d_j\rangle/\tau_{ent}` for :math:`j \in M\cup G` (:func:`query_view_pool`),
+    :math:`P = \mathrm{softmax}(s)` over M ∪ G, ``gen_mass`` = :math:`\sum_{k\in G} P_k`,
+    ``gen_mass_expected`` = :math:`N_g/(N_m+N_g)`, ``h_gen`` = :math:`H_{gen}` (see :func:`entropy_terms`).
+    The regularizer calls it on the batch, :func:`causalneg.diagnostics.shortcut.shortcut_diagnostics` on
+    the held-out groups, so both report the same number for the same embeddings.
+
+    Args:
+        q: [B, D] query embeddings (L2-normalised; no gradient is taken here).
+        n: [B, K, D] negative embeddings (L2-normalised), cast to ``q``'s dtype.
+        neg_source: [B, K] long NegativeSource values. neg_mask: [B, K] bool, False = padding.
+        temperature: τ_ent. generated_codes: [C] long, the sources that form G.
+    """
+    with torch.no_grad():
+        gen, pool = query_view_pool(neg_source, neg_mask, generated_codes)
+        scores = torch.einsum("bd,bkd->bk", q.detach(), n.detach().to(q.dtype)) / temperature
+        return entropy_terms(scores, gen, pool)
+
+
+def entropy_summary(terms: EntropyTerms) -> dict[str, Tensor]:
+    r"""Batch means (0-dim tensors): ``gen_mass`` and ``gen_mass_expected`` over the queries with generated
+    negatives; ``h_gen_normalized`` = mean :math:`H_{gen}/\log N_g` over those with :math:`N_g \ge 2`.
+    A mean over an empty set is 0; callers that must tell it apart check ``terms.has_gen`` / ``terms.n_gen``.
+    """
+    rows = terms.has_gen.to(terms.gen_mass.dtype)
+    multi = (terms.n_gen >= 2).to(rows.dtype)
+
+    def mean(x: Tensor, w: Tensor) -> Tensor:
+        return (x * w).sum() / w.sum().clamp_min(1)
+
+    h_norm = terms.h_gen / terms.n_gen.clamp_min(2).to(rows.dtype).log()
+    return {
+        "gen_mass": mean(terms.gen_mass, rows),
+        "gen_mass_expected": mean(terms.gen_mass_expected, rows),
+        "h_gen_normalized": mean(h_norm, multi),
+    }
 
 
 class _GradToNegatives(torch.autograd.Function):
@@ -85,12 +143,17 @@ class _GradToNegatives(torch.autograd.Function):
         return None, grad_n.to(ctx.n_dtype), None, None
 
 
+_GENERATED_NAMES = tuple(source.name.lower() for source in GENERATED_SOURCES)
+
+
 class QueryViewEntropy(nn.Module):
     r"""Query-view entropy maximisation (CausalNeg, arXiv 2606.01304, DESIGN §1b).
 
-    For each query with valid mined negatives M (every valid negative whose source is not generated) and
-    generated negatives G (sources in ``generated_sources``; taken from ``neg_source``, never positions),
-    :math:`N_m = |M|, N_g = |G|`:
+    For each query with mined negatives M (valid negatives whose source is ``mined``) and generated
+    negatives G (sources in ``generated_sources``; taken from ``neg_source``, never positions),
+    :math:`N_m = |M|, N_g = |G|`; random and in-batch negatives are in neither and do not enter the softmax
+    (they are far easier than both, and would pull the target share of G below what a source-blind query
+    gives it). The pool and the generated mass are :func:`query_view_terms`, shared with the diagnostics:
 
     .. math::
         s_j = \langle \mathrm{sg}(q), d_j\rangle/\tau_{ent},\ j \in M\cup G;\quad
@@ -126,8 +189,8 @@ class QueryViewEntropy(nn.Module):
 
     def __init__(
         self,
-        temperature: float = 0.1,
-        generated_sources: Iterable[str | int] = ("generated", "naive_generated"),
+        temperature: float = TAU_ENT,
+        generated_sources: Iterable[str | int] = _GENERATED_NAMES,
         normalize_across_devices: bool = True,
     ) -> None:
         super().__init__()
@@ -151,10 +214,8 @@ class QueryViewEntropy(nn.Module):
         check_inputs(q, p, n, neg_mask, neg_source)
         with torch.no_grad():
             q_c = q.detach().float() if q.dtype in (torch.float16, torch.bfloat16) else q.detach()
-            gen = torch.isin(neg_source, self.generated_codes.to(neg_source.device)) & neg_mask
-            scores = torch.einsum("bd,bkd->bk", q_c, n.detach().to(q_c.dtype)) / self.temperature
-            terms = entropy_terms(scores, gen, neg_mask)
-            rows = terms.has_gen.to(scores.dtype)
+            terms = query_view_terms(q_c, n, neg_source, neg_mask, self.temperature, self.generated_codes)
+            rows = terms.has_gen.to(q_c.dtype)
             denom = rows.sum()
             if self.normalize_across_devices and is_distributed():
                 denom = all_reduce_sum(denom) / world()[1]
@@ -168,16 +229,5 @@ class QueryViewEntropy(nn.Module):
 
 def _stats(terms: EntropyTerms, rows: Tensor) -> dict[str, Tensor]:
     """Batch statistics (detached): generated mass vs its expected share, normalised entropy, coverage."""
-
-    def mean(x: Tensor, w: Tensor) -> Tensor:
-        return (x * w).sum() / w.sum().clamp_min(1)
-
-    multi = (terms.n_gen >= 2).to(rows.dtype)
-    h_norm = terms.h_gen / terms.n_gen.clamp_min(2).to(rows.dtype).log()
     frac = rows.mean() if rows.numel() else rows.new_zeros(())
-    return {
-        "gen_mass": mean(terms.gen_mass, rows),
-        "gen_mass_expected": mean(terms.gen_mass_expected, rows),
-        "h_gen_normalized": mean(h_norm, multi),
-        "frac_queries_with_generated": frac,
-    }
+    return {**entropy_summary(terms), "frac_queries_with_generated": frac}

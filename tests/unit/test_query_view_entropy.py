@@ -42,11 +42,14 @@ def leaves(batch: dict) -> dict:
 
 
 def reference(batch: dict, tau: float, gen_codes: tuple[int, ...] = GEN) -> tuple[Tensor, dict[str, float]]:
-    """Per-query loop straight from the formula: s_j = <sg(q), d_j>/tau over valid M ∪ G, mined detached."""
+    """Per-query loop straight from the formula: s_j = <sg(q), d_j>/tau over valid M ∪ G, mined detached.
+
+    M = the mined negatives only: random (and other non-generated) negatives are in neither M nor G."""
     q, n, src, mask = batch["q"], batch["n"], batch["neg_source"], batch["neg_mask"]
     losses, masses, expected, h_norm = [], [], [], []
     for i in range(q.shape[0]):
-        valid = [k for k in range(n.shape[1]) if bool(mask[i, k])]
+        pool = (int(NegativeSource.MINED), *gen_codes)
+        valid = [k for k in range(n.shape[1]) if bool(mask[i, k]) and int(src[i, k]) in pool]
         gen = [k for k in valid if int(src[i, k]) in gen_codes]
         if not gen:
             continue

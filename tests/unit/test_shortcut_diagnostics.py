@@ -179,3 +179,14 @@ def test_plots_render_pngs_with_descriptive_labels(tmp_path: Path) -> None:
     assert ax.get_ylabel() == "I(source; similarity) [nats]"
     assert list(ax.lines[0].get_xdata()) == [0, 10]  # the step without MI is skipped
     assert save_figure(curve, tmp_path / "sub" / "mi.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_query_ids_group_rows_and_default_to_one_query_per_row() -> None:
+    q, p, n, source, mask = groups(g=30, style=0.5, seed=7)
+    default = shortcut_diagnostics(q, p, n, source, mask, n_permutations=3)
+    named = shortcut_diagnostics(
+        q, p, n, source, mask, n_permutations=3, query_ids=[f"q{i:02d}" for i in range(30)]
+    )
+    assert named.metrics == default.metrics
+    with pytest.raises(ValueError, match="query id of every sample"):
+        shortcut_diagnostics(q, p, n, source, mask, query_ids=["a"] * 29)
