@@ -8,15 +8,23 @@ patterns (``N1``..``N8``, ``S1``..``S3``) so the model cannot invent free-form i
 
 Semantic rules that a JSON schema cannot express are Pydantic validators, checked after decoding:
 critical nodes carry 2-3 break strategies, node ids are unique, strategy ids are unique within a node, and at
-least one node is critical. Whether a perturbed negative refers to an existing (node, strategy) pair depends on
-the decomposition it was written for, so it is a per-negative check (:func:`reference_error`) that the filters
-record as a rejection.
+least one node is critical. Whether a perturbed negative refers to an existing (node, strategy) pair *of a
+critical node* (DESIGN §1a: a negative breaks a critical requirement) depends on the decomposition it was
+written for, so it is a per-negative check (:func:`reference_error`) that the filters record as a rejection.
+
+**Token budget.** :func:`max_output_chars` is the longest JSON text a schema admits (every bounded string at its
+``max_length``, every list at its ``max_items``, plus the JSON syntax: braces, keys, quotes, commas, no
+whitespace); :func:`max_output_tokens` divides it by :data:`CHARS_PER_TOKEN`. A call's ``max_new_tokens`` must
+cover it, or a long but valid output is cut and rejected as ``invalid_json`` (tests/unit/test_generation_schemas.py
+checks the shipped configs).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
+import re
 from functools import cache
 from typing import Annotated, Any, Literal
 
@@ -41,10 +49,16 @@ NegativeOrigin = Literal["rewritten_candidate", "generated_from_scratch"]
 MIN_NODES, MAX_NODES = 4, 8
 MAX_STRATEGIES = 3
 CRITICAL_STRATEGIES = (2, 3)
-# Character bounds (not tokens). Short analysis fields, passage-sized negatives (HotpotQA/NQ paragraphs are
-# mostly 200-600 characters, MS MARCO passages about 350).
+# Character bounds (not tokens). Short analysis fields; passage-sized negatives. NEGATIVE_TEXT is a safety bound
+# that lets a weak model close its JSON, not a length filter (the filters follow the corpus's own lengths,
+# FilterConfig.length_from_corpus): it sits above the prompts' passage clip (generation.max_passage_chars,
+# 1200), so a rewrite of any shown passage fits, and above the 95th percentile of HotpotQA/NQ/MS MARCO passages.
 SHORT_TEXT = 120
-NEGATIVE_TEXT = 600
+NEGATIVE_TEXT = 1500
+# Characters per token assumed for token budgets: English prose in BPE vocabularies (Llama, Qwen, SmolLM2) runs at
+# about 4; JSON keys and punctuation at less. 3 is the budget's safety margin, not a hard bound (a model that
+# emits one character per token can always be cut: the output is then rejected as invalid_json, with its reason).
+CHARS_PER_TOKEN = 3
 
 NodeId = Annotated[str, Field(pattern=r"^N[1-8]$", description="N1, N2, ... in order")]
 StrategyId = Annotated[str, Field(pattern=r"^S[1-3]$", description="S1, S2, S3 within its node")]
@@ -202,7 +216,13 @@ def _bounded(base: type, item: type[BaseModel], max_items: int) -> type:
 
 
 def reference_error(negative: PerturbedNegative, decomposition: Decomposition) -> str | None:
-    """Why a perturbed negative does not point at a break strategy of its decomposition (None when it does)."""
+    """Why a perturbed negative does not point at a break strategy of a *critical* node of its decomposition
+    (None when it does): negatives break critical requirements only (DESIGN §1a)."""
+    node = next((n for n in decomposition.chain_nodes if n.node_id == negative.node_id), None)
+    if node is None:
+        return f"no node {negative.node_id}"
+    if not node.critical:
+        return f"node {negative.node_id} is not critical"
     strategy = decomposition.strategy(negative.node_id, negative.strategy_id)
     if strategy is None:
         return f"no strategy {negative.strategy_id} on node {negative.node_id}"
@@ -219,3 +239,55 @@ def json_schema(model: type[BaseModel]) -> dict[str, object]:
 def schema_hash(model: type[BaseModel]) -> str:
     """Stable hash of a schema (part of every request's cache key): changes when any bound or field changes."""
     return fingerprint(json.loads(json.dumps(json_schema(model), sort_keys=True)))[:16]
+
+
+def max_output_chars(model: type[BaseModel]) -> int:
+    """The longest JSON text (compact, no whitespace) that ``model``'s decoding schema admits, in characters.
+
+    Strings count at ``maxLength`` plus 2 quotes (a JSON escape counts as the one character it encodes), ``const``
+    and ``enum`` values at their longest JSON form, patterns at their longest match, booleans at 5 (``false``),
+    objects with every property, arrays at ``maxItems`` items plus commas.
+    """
+    schema = json_schema(model)
+    defs: dict[str, Any] = schema.get("$defs", {})  # type: ignore[assignment]
+
+    def size(node: dict[str, Any]) -> int:
+        if "$ref" in node:
+            return size(defs[node["$ref"].rsplit("/", 1)[1]])
+        if "anyOf" in node:
+            return max(size(variant) for variant in node["anyOf"])
+        if "const" in node:
+            return len(json.dumps(node["const"]))
+        if "enum" in node:
+            return max(len(json.dumps(value)) for value in node["enum"])
+        kind = node.get("type")
+        if kind == "object":
+            props = node.get("properties", {})
+            fields = sum(len(json.dumps(key)) + 1 + size(value) for key, value in props.items())
+            return 2 + fields + max(len(props) - 1, 0)
+        if kind == "array":
+            limit = node["maxItems"]
+            items = list(node.get("prefixItems", []))[:limit]
+            if len(items) < limit and node.get("items") not in (None, False):
+                items += [node["items"]] * (limit - len(items))
+            return 2 + sum(size(item) for item in items) + max(len(items) - 1, 0)
+        if kind == "string":
+            return 2 + (node["maxLength"] if "maxLength" in node else _pattern_length(node["pattern"]))
+        if kind == "boolean":
+            return len("false")
+        raise ValueError(f"no worst-case size for schema node {node}")
+
+    return size(schema)
+
+
+def _pattern_length(pattern: str) -> int:
+    """Length of every match of an anchored pattern of literals and character classes (e.g. ``^N[1-8]$``)."""
+    body = re.sub(r"\[[^\]]*\]", "x", pattern.removeprefix("^").removesuffix("$"))
+    if re.search(r"[*+?{}()|\\.]", body):
+        raise ValueError(f"pattern {pattern!r} has no fixed length")
+    return len(body)
+
+
+def max_output_tokens(model: type[BaseModel], chars_per_token: float = CHARS_PER_TOKEN) -> int:
+    """Tokens that :func:`max_output_chars` takes at ``chars_per_token``: the ``max_new_tokens`` a call needs."""
+    return math.ceil(max_output_chars(model) / chars_per_token)

@@ -3,7 +3,13 @@
 ``python run.py stage=generate [generation=naive] [generation/backend=vllm] [generation/model=qwen_coder_1_5b]``;
 ``generation.preview=true`` prints the rendered prompts of the first selected query and exits. Run it in its
 own process (vLLM does not free memory in-process): training's ``prepare_data`` launches it as a child.
-Finished requests are journaled, so an interrupted run resumes where it stopped.
+Finished requests are journaled, so an interrupted run resumes where it stopped. SIGTERM (a scheduler, ``kill``,
+a parent stopping its child) raises ``SystemExit(143)`` while the backend is alive, so ``backend.close()`` runs
+and shuts the engine's processes down (vLLM's EngineCore would otherwise outlive this process).
+
+With ``generation.filters.length_from_corpus`` the filters' length band is computed here, once, from the corpus
+(:func:`filter_config`), and recorded in the manifest as ``config.filters.corpus_chars``. It is not part of the
+fingerprint: it is a function of the dataset (an input) and ``length_quantiles`` (config).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from causalneg.artifacts import Manifest, is_complete, load_manifest, write_artifact, write_jsonl_atomic
+from causalneg.errors import ConfigError
 from causalneg.generation.artifact import (
     backend_signature,
     generated_artifact_dir,
@@ -31,7 +38,7 @@ from causalneg.generation.artifact import (
     uses_candidates,
 )
 from causalneg.generation.backends.base import SamplingConfig
-from causalneg.generation.filters import Embedder, FilterConfig
+from causalneg.generation.filters import Embedder, FilterConfig, corpus_length_band
 from causalneg.generation.pipeline import PipelineResult, PipelineSettings, run_pipeline
 from causalneg.generation.prompting import PromptInputs, clip, preview, render_messages, resolve_profile
 from causalneg.generation.store import RequestStore
@@ -98,8 +105,19 @@ def _mapping(node: Any) -> dict[str, Any]:
     return {str(k): v for k, v in values.items()}
 
 
-def filter_config(cfg: DictConfig) -> FilterConfig:
-    return FilterConfig(**_mapping(cfg.generation.get("filters")))
+def filter_config(cfg: DictConfig, dataset: RetrievalDataset | None = None) -> FilterConfig:
+    """``generation.filters`` as a :class:`FilterConfig`; with ``length_from_corpus``, ``corpus_chars`` is set to
+    the ``length_quantiles`` of ``dataset``'s passage lengths (``Passage.full_text``, in characters)."""
+    options = _mapping(cfg.generation.get("filters"))
+    if options.get("length_from_corpus"):
+        if dataset is None:
+            raise ConfigError(
+                "generation.filters.length_from_corpus=true needs the dataset: call filter_config(cfg, dataset)"
+            )
+        quantiles = tuple(options.get("length_quantiles") or FilterConfig.length_quantiles)
+        lengths = [len(passage.full_text) for passage in dataset.corpus.values()]
+        options["corpus_chars"] = corpus_length_band(lengths, (float(quantiles[0]), float(quantiles[1])))
+    return FilterConfig(**options)
 
 
 def build_embedder(cfg: DictConfig, filters: FilterConfig) -> Embedder | None:
@@ -227,21 +245,40 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if existing.fingerprint == manifest.fingerprint and not backend_failures(existing):
             return summarize(directory, existing, reused=True)
     started = time.perf_counter()
-    items = build_inputs(cfg, dataset)
-    filters = filter_config(cfg)
-    embed = build_embedder(cfg, filters)
     from causalneg.generation.backends.factory import build_backend
+    from causalneg.tracking.runs import sigterm_exits
 
-    backend = build_backend(cfg.generation)
-    try:
-        store = RequestStore(journal_path(cfg, dataset))
-        result = run_pipeline(items, backend, store, pipeline_settings(cfg), filters, embed)
-    finally:
-        backend.close()
+    # SIGTERM -> SystemExit while a backend may be alive: each `finally: backend.close()` below runs.
+    with sigterm_exits():
+        if str(cfg.generation.method) == "grounded":
+            from causalneg.stages.generate_grounded import run_grounded_stage
+
+            backend = build_backend(cfg.generation)
+            try:
+                result = run_grounded_stage(cfg, dataset, backend, RequestStore(journal_path(cfg, dataset)))
+            finally:
+                backend.close()
+            store_fresh: dict[str, Any] = {}
+        else:
+            items = build_inputs(cfg, dataset)
+            filters = filter_config(cfg, dataset)
+            if filters.corpus_chars is not None:  # derived from the dataset: recorded, not fingerprinted
+                manifest.config["filters"] = {
+                    **(manifest.config.get("filters") or {}),
+                    "corpus_chars": list(filters.corpus_chars),
+                }
+            embed = build_embedder(cfg, filters)
+            backend = build_backend(cfg.generation)
+            try:
+                store = RequestStore(journal_path(cfg, dataset))
+                result = run_pipeline(items, backend, store, pipeline_settings(cfg), filters, embed)
+            finally:
+                backend.close()
+            store_fresh = {**store.fresh, "journal": str(store.path)}
     manifest.counts = {
         **result.counts,
         "wall_seconds": round(time.perf_counter() - started, 2),
-        "this_run": {**store.fresh, "journal": str(store.path)},
+        "this_run": store_fresh or result.counts.pop("this_run", {}),
     }
     publish(directory, result, manifest)
     log_to_mlflow(cfg, manifest, result)

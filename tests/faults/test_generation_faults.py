@@ -316,6 +316,7 @@ def generate_overrides(root: Path, beir: Path, url: str) -> list[str]:
         "generation.flush_every=4",
         "generation.progress=false",
         "generation.filters.max_positive_similarity=null",
+        "generation.filters.length_from_corpus=false",  # fake texts (102-123 chars) > the tiny corpus band (77-99)
     ]
 
 
@@ -408,3 +409,103 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(
     assert len(final) == 40 and len({r["key"] for r in final}) == 40
     clean = dispatch(compose_cfg(generate_overrides(seed_mlflow(tmp_path / "clean"), tiny_beir, server.url)))
     assert artifact_rows(resumed) == artifact_rows(clean)
+
+
+# -- SIGTERM: the backend (and a vLLM engine's processes) is shut down, not left running --------------------------
+
+
+class SigtermMidGenerate:
+    """A backend that sends this process SIGTERM from inside ``generate`` (a scheduler stopping the job)."""
+
+    name, model_id = "sigterm", "sigterm-llm"
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def generate(self, requests: Sequence[GenerationRequest], *args: Any) -> list[RawOutput]:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the signal's handler raises in here
+        raise AssertionError("SIGTERM did not interrupt generation")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_sigterm_during_generate_closes_the_backend(
+    tmp_path: Path, tiny_beir: Path, compose_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's default SIGTERM action ends the process on the spot: no ``finally`` runs, and vLLM's EngineCore
+    child outlives it. Here a stand-in for the default action records that it was reached instead of dying."""
+    from causalneg.generation.backends import factory
+    from causalneg.stages import generate
+
+    backend = SigtermMidGenerate()
+    monkeypatch.setattr(factory, "build_backend", lambda cfg: backend)
+    reached: list[int] = []
+
+    def default_action(signum: int, frame: object) -> None:
+        reached.append(signum)
+        raise RuntimeError("SIGTERM reached the process's default action: the engine would be left running")
+
+    cfg = compose_cfg(
+        [
+            "stage=generate",
+            f"paths.root_dir={tmp_path}",
+            f"paths.output_dir={tmp_path / 'run'}",
+            "dataset=beir",
+            f"dataset.path={tiny_beir}",
+            "dataset.name=tiny",
+            "generation=naive",
+            "generation/model=hf",
+            "generation.model.path=sigterm-llm",
+            "generation.progress=false",
+            "generation.filters.max_positive_similarity=null",
+            "logger.tracking_uri=null",
+        ]
+    )
+    previous = signal.signal(signal.SIGTERM, default_action)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            generate.run(cfg)
+        assert stopped.value.code == 128 + signal.SIGTERM and not reached
+        assert backend.closed
+        assert signal.getsignal(signal.SIGTERM) is default_action  # the stage's handler is gone again
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_vllm_close_stops_engine_processes_that_outlive_shutdown() -> None:
+    """The last resort of VLLMBackend.close(): an engine process still alive after vLLM's own shutdown (here a
+    child whose ``shutdown`` does nothing and that ignores SIGTERM) is terminated, then killed."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    from causalneg.generation.backends.vllm_backend import VLLMBackend
+
+    shutdowns: list[bool] = []
+    context = multiprocessing.get_context("fork")
+    before = set(multiprocessing.active_children())
+    ready = context.Event()
+    engine = context.Process(target=_stubborn_engine, args=(ready,), daemon=True)
+    engine.start()
+    assert ready.wait(30)
+    backend = VLLMBackend.__new__(VLLMBackend)  # no vllm: the engine is a stand-in
+    core = SimpleNamespace(shutdown=lambda: shutdowns.append(True))
+    backend.llm = SimpleNamespace(llm_engine=SimpleNamespace(engine_core=core))
+    backend._outlines_generators = {}
+    backend._engine_processes = [p for p in multiprocessing.active_children() if p not in before]
+    assert backend._engine_processes == [engine]
+    try:
+        backend.close()
+        assert shutdowns == [True] and not engine.is_alive() and backend.llm is None
+        assert engine.exitcode == -signal.SIGKILL  # it ignored SIGTERM: killed after the grace period
+        backend.close()  # idempotent
+    finally:
+        if engine.is_alive():
+            engine.kill()
+
+
+def _stubborn_engine(ready: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
+    time.sleep(120)

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel, ValidationError
 
+from causalneg.generation.prompting import PromptInputs, render_messages
 from causalneg.generation.schemas import (
+    CHARS_PER_TOKEN,
     NEGATIVE_TEXT,
     SHORT_TEXT,
     Decomposition,
     PerturbedNegative,
+    max_output_chars,
+    max_output_tokens,
     naive_schema,
     perturbation_schema,
     reference_error,
     schema_hash,
 )
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "generation"
 
 
 def strategy(k: int, type_: str = "entity_shift") -> dict[str, Any]:
@@ -125,7 +133,7 @@ def test_perturbation_bounds() -> None:
         schema.model_validate({"negatives": [negative()] * 4})
     with pytest.raises(ValidationError, match="at least 1"):
         schema.model_validate({"negatives": []})
-    with pytest.raises(ValidationError, match="at most 600"):
+    with pytest.raises(ValidationError, match=f"at most {NEGATIVE_TEXT}"):
         schema.model_validate({"negatives": [negative(text="x" * (NEGATIVE_TEXT + 1))]})
     with pytest.raises(ValidationError, match="pattern"):
         schema.model_validate({"negatives": [negative(node_id="node1")]})
@@ -151,6 +159,24 @@ def test_reference_error() -> None:
     )
     mismatch = PerturbedNegative.model_validate(negative(strategy_type="intent_drift"))
     assert "!= entity_shift" in str(reference_error(mismatch, parsed))
+
+
+def test_a_negative_must_break_a_critical_node() -> None:
+    """N3 is supporting (not critical) but has a strategy S1: a negative breaking it is not a hard negative."""
+    parsed = Decomposition.model_validate(decomposition())
+    assert parsed.strategy("N3", "S1") is not None
+    supporting = PerturbedNegative.model_validate(negative(node_id="N3", strategy_id="S1"))
+    assert reference_error(supporting, parsed) == "node N3 is not critical"
+    missing = PerturbedNegative.model_validate(negative(node_id="N8", strategy_id="S1"))
+    assert reference_error(missing, parsed) == "no node N8"
+
+
+def test_passage_sized_negatives_fit_the_schema() -> None:
+    """A typical corpus passage (HotpotQA/NQ up to ~1,200 characters: the prompts' clip) is not cut."""
+    assert NEGATIVE_TEXT >= 1200
+    schema = perturbation_schema(3)
+    assert schema.model_validate({"negatives": [negative(text="word " * 240)]})
+    assert naive_schema(3).model_validate({"negatives": [{"text": "word " * 240}]})
 
 
 def _walk(schema: Any, path: str = "$") -> list[str]:
@@ -238,3 +264,62 @@ def test_grammar_enforces_the_decoding_schema(tmp_path: Any) -> None:
     )
     too_long = {"core_need": "x" * (SHORT_TEXT + 1), "how_positive_answers": "a", "answer_boundary": "b"}
     assert not accepted(decomposition(query_info=too_long))
+
+
+# -- token budgets: max_new_tokens covers the longest output the schema admits --------------------------------
+
+
+def test_max_output_chars_counts_bounds_and_json_syntax() -> None:
+    # {"negatives":[{"text":"<NEGATIVE_TEXT characters>"}]}
+    assert max_output_chars(naive_schema(1)) == len('{"negatives":[{"text":""}]}') + NEGATIVE_TEXT
+    assert (
+        max_output_chars(naive_schema(2))
+        == 2 * max_output_chars(naive_schema(1)) - len('{"negatives":[]}') + 1
+    )
+    longest = decomposition(chain_nodes=[node(i, False, 3) for i in range(1, 9)])
+    for n in longest["chain_nodes"]:
+        n.update(facet_type="information_need", content="x" * SHORT_TEXT)
+        for st in n["break_strategies"]:
+            st.update(
+                type="constraint_violation", direction="x" * SHORT_TEXT, why_not_answer="x" * SHORT_TEXT
+            )
+    longest["query_info"] = {k: "x" * SHORT_TEXT for k in longest["query_info"]}
+    compact = json.dumps(longest, separators=(",", ":"))
+    assert max_output_chars(Decomposition) == len(compact) == 9822
+    assert max_output_tokens(Decomposition) == -(-9822 // CHARS_PER_TOKEN) == 3274
+
+
+@pytest.mark.parametrize("preset", ["causalneg", "naive"])
+def test_configured_max_new_tokens_cover_the_schemas(preset: str) -> None:
+    gen = yaml.safe_load((CONF / f"{preset}.yaml").read_text(encoding="utf-8"))
+    n = int(gen["num_negatives"])
+    stages = {"decompose": Decomposition, "perturb": perturbation_schema(n), "naive": naive_schema(n)}
+    checked = 0
+    for stage, model in stages.items():
+        if stage in gen:
+            assert gen[stage]["max_new_tokens"] >= max_output_tokens(model), stage
+            checked += 1
+    assert checked == (2 if preset == "causalneg" else 1)
+
+
+# -- the perturb prompt (official format) ---------------------------------------------------------------------
+
+
+def perturb_prompt(candidates: tuple[str, ...] = ()) -> str:
+    inputs = PromptInputs("q1", "who wrote it?", "p1", "Menotti wrote it.", candidates=candidates)
+    parsed = Decomposition.model_validate(decomposition())
+    return render_messages("perturb", inputs, 3, parsed)[-1]["content"]
+
+
+def test_perturb_prompt_shows_the_query_info() -> None:
+    text = perturb_prompt()
+    for field in ("who wrote it", "names him", "a name"):  # core_need, how_positive_answers, answer_boundary
+        assert field in text
+
+
+def test_perturb_prompt_prefers_rewriting_a_candidate_and_offers_critical_strategies_only() -> None:
+    text = perturb_prompt(("Barber wrote Vanessa.",))
+    assert "Prefer rewriting one of the other passages" in text and "you may rewrite" not in text
+    assert "Prefer rewriting" not in perturb_prompt()  # no candidates shown: nothing to rewrite
+    assert "N1/S1" in text and "N4/S3" in text
+    assert "N3/S1" not in text  # N3 is not critical: its strategy would be rejected (reference_error)

@@ -8,7 +8,11 @@ This is the only module that imports vllm, and it does so lazily (a missing inst
 multiprocessing, which re-imports the parent's ``__main__``. Build :class:`VLLMBackend` only in a process
 whose entry point is guarded by ``if __name__ == "__main__":`` (``run.py``, ``python -m ...``, pytest) or in
 a spawned child. vLLM does not reliably give memory back when an engine is deleted, so generation runs in its
-own process (DESIGN §2) and :meth:`VLLMBackend.close` shuts the engine core down as far as vLLM allows.
+own process (DESIGN §2). :meth:`VLLMBackend.close` shuts the engine core down
+(``llm.llm_engine.engine_core.shutdown()``: vLLM terminates its EngineCore process, and kills it after a grace
+period), then, as a last resort, terminates and kills every multiprocessing child that building the engine
+started and that is still alive. ``stage=generate`` turns SIGTERM into ``SystemExit`` so that ``close`` runs;
+SIGKILL leaves nothing to run, and vLLM's EngineCore then outlives its parent.
 
 **Structured output.** The JSON schema (:func:`causalneg.generation.schemas.json_schema`) is enforced inside
 the engine by vLLM's structured-output layer; ``grammar`` picks its backend (engine option
@@ -41,6 +45,7 @@ The chat template is applied exactly once, by vLLM (``llm.chat``, and outlines' 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -204,7 +209,10 @@ class VLLMBackend:
             os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", str(self.options.step_timeout_s))
 
         kwargs = self.options.llm_kwargs(self.model_path, on_cpu=current_platform.is_cpu())
+        self._engine_processes: list[multiprocessing.process.BaseProcess] = []
+        before = set(multiprocessing.active_children())
         self.llm: Any = vllm.LLM(**kwargs)
+        self._engine_processes = [p for p in multiprocessing.active_children() if p not in before]
         self._outlines_generators: dict[str, Any] = {}
 
     def generate(
@@ -328,13 +336,27 @@ class VLLMBackend:
         return [results[i] for i in range(len(requests))]
 
     def close(self) -> None:
-        """Shut the engine core down (its processes exit); the object is unusable afterwards."""
+        """Shut the engine core down, then stop any engine process left alive; unusable afterwards."""
         llm, self.llm = getattr(self, "llm", None), None
-        self._outlines_generators.clear()
-        if llm is None:
-            return
-        engine = getattr(llm, "llm_engine", None)
-        core = getattr(engine, "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
-        del llm
+        getattr(self, "_outlines_generators", {}).clear()
+        try:
+            engine = getattr(llm, "llm_engine", None)
+            core = getattr(engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+        finally:
+            del llm
+            stop_processes(getattr(self, "_engine_processes", []))
+
+
+def stop_processes(processes: Sequence[multiprocessing.process.BaseProcess], grace_s: float = 5.0) -> None:
+    """Terminate (SIGTERM) the processes still alive, wait up to ``grace_s`` for them, then kill the rest."""
+    alive = [p for p in processes if p.is_alive()]
+    for process in alive:
+        process.terminate()
+    for process in alive:
+        process.join(grace_s)
+    for process in alive:
+        if process.is_alive():
+            process.kill()
+            process.join(grace_s)
