@@ -55,6 +55,8 @@ THROUGHPUT_KEYS = frozenset(
         # openai (OpenAIOptions)
         "api_key", "api_key_env", "concurrency", "timeout_s", "connect_timeout_s", "max_retries",
         "backoff_base_s", "backoff_max_s",
+        # llamacpp (LlamaCppBackend): n_ctx stays in (a longer prompt fails), and so does the grammar
+        "n_threads", "n_batch", "verbose",
     }
 )  # fmt: skip
 
@@ -80,7 +82,7 @@ def generator_model_id(model_cfg: Any) -> str:
             "generation.model.path must name a local HF folder or a hub id (generation/model=hf)"
         )
     folder = Path(location).expanduser()
-    return str(folder.resolve()) if folder.is_dir() else location
+    return str(folder.resolve()) if folder.is_dir() or folder.is_file() else location
 
 
 def backend_signature(generation_cfg: Any) -> str:
@@ -120,6 +122,22 @@ def schema_hashes(num_negatives: int) -> dict[str, str]:
     }
 
 
+def _prompt_and_schema_versions(generation: dict[str, Any]) -> dict[str, Any]:
+    if generation.get("method") == "grounded":
+        from causalneg.generation.grounded.schemas import schema_family_hash
+        from causalneg.generation.grounded.spans import extractor_version
+
+        return {
+            "template_version": template_version("grounded"),
+            "schemas": {"grounded": schema_family_hash()},
+            "span_extractor": extractor_version(),
+        }
+    return {
+        "template_version": template_version(),
+        "schemas": schema_hashes(int(generation.get("num_negatives", 3))),
+    }
+
+
 def generation_manifest(cfg: DictConfig, dataset: RetrievalDataset) -> Manifest:
     """The manifest (without counts) identifying this generation run; cheap (no model, no mining)."""
     generation = _plain(cfg.generation)
@@ -129,8 +147,7 @@ def generation_manifest(cfg: DictConfig, dataset: RetrievalDataset) -> Manifest:
         "dataset_fingerprint": dataset.fingerprint,
         "split": generation_split(cfg),
         "query_ids": fingerprint(generation_query_ids(cfg, dataset)),
-        "template_version": template_version(),
-        "schemas": schema_hashes(int(generation.get("num_negatives", 3))),
+        **_prompt_and_schema_versions(generation),
         "model_id": generator_model_id(cfg.generation.model),
         "backend": backend_signature(cfg.generation),
     }
@@ -138,7 +155,10 @@ def generation_manifest(cfg: DictConfig, dataset: RetrievalDataset) -> Manifest:
         from causalneg.data.mining.artifact import mining_manifest
 
         inputs["mined"] = mining_manifest(mining_cfg(cfg), dataset)[0].fingerprint
-    if (generation.get("filters") or {}).get("max_positive_similarity") is not None:
+    if (generation.get("filters") or {}).get("max_positive_similarity") is not None or (
+        generation.get("method") == "grounded"
+        and (generation.get("verify") or {}).get("relative_margin") is not None
+    ):
         inputs["encoder"] = _plain(cfg.get("model"))
     return Manifest.build(KIND, inputs, config)
 

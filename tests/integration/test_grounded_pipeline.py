@@ -58,13 +58,14 @@ class ScriptedBackend:
                     | {
                         "other_requirements": [
                             _req("the role", "sentence 3", "relation_break", True),
-                            _req("the film", "Unbreakable", "attribute_shift", True),
-                            _req("the year", "sentence 2", "relation_break", False),
+                            _req("the film", "Unbreakable", "attribute_shift", False),
                         ]
                     }
                 )
             else:
-                text = json.dumps({"substitute": "Glass" if '"Unbreakable"' in user else "Samuel L. Jackson"})
+                text = json.dumps(
+                    {"substitutes": ["Glass"] if '"Unbreakable"' in user else ["Samuel L. Jackson"]}
+                )
             outputs.append(RawOutput(request.key, text, 10))
         return outputs
 
@@ -109,9 +110,8 @@ def test_kept_negatives_carry_their_provenance_and_rejections_are_counted(tmp_pa
     # Dropping sentence 3 removes the answer and the actor: a relation break.
     assert "David Dunn" not in by_strategy["relation_break"]["text"]
     assert by_strategy["relation_break"]["edit"]["operation"] == "drop_sentence"
-    # "Unbreakable" -> "Glass" as an attribute edit keeps the passage about the same character: the answer leaks.
     reasons = result.counts["rejections"]
-    assert reasons == {"answer_leak": 1}
+    assert reasons == {}  # the non-critical "Unbreakable" requirement is not edited
     assert result.counts["stats"]["requirements/not_critical"] == 1
     assert sum(reasons.values()) == result.counts["negatives_rejected"]
     assert result.decompositions[0]["judge_p_yes_positive"] == 0.8

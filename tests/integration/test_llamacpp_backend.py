@@ -176,7 +176,7 @@ def test_factory_builds_llamacpp_from_the_config(tmp_path: Path, compose_cfg: An
     except MissingGeneratorPackage as exc:
         pytest.skip(str(exc))
     try:
-        assert isinstance(backend, LlamaCppBackend) and backend.grammar == "outlines"
+        assert isinstance(backend, LlamaCppBackend) and backend.grammar == "llama_cpp"
         assert backend.model_path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")  # the package's own file
         assert (
             backend.model_id

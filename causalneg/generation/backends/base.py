@@ -64,3 +64,16 @@ class GenerationBackend(Protocol):
     ) -> list[RawOutput]: ...
 
     def close(self) -> None: ...
+
+
+class ChoiceScorer(Protocol):
+    """A backend that can score a closed set of replies (the grounded method's LLM judge).
+
+    ``choice_probabilities(requests, choices)`` returns, per request, ``{choice: p}`` with ``sum(p) == 1``: the
+    model's next-token distribution at the start of the assistant's reply, restricted to the first token of
+    each choice and renormalised (e.g. ``choices=("yes", "no")``). Deterministic: no sampling, no seed.
+    """
+
+    def choice_probabilities(
+        self, requests: Sequence[GenerationRequest], choices: Sequence[str]
+    ) -> list[dict[str, float]]: ...

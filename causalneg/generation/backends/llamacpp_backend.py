@@ -136,7 +136,7 @@ class LlamaCppBackend:
         model_path: str,
         model_id: str | None = None,
         *,
-        grammar: str = "outlines",
+        grammar: str = "llama_cpp",
         outlines_backend: str = "llguidance",
         n_threads: int | None = None,
         n_ctx: int = 4096,

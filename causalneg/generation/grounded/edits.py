@@ -74,6 +74,11 @@ def drop_sentence(text: str, sentence: str) -> Edit:
     return Edit(" ".join(kept), "drop_sentence", sentence, "", len(sentences) - len(kept))
 
 
+def mentions(text: str, phrase: str) -> bool:
+    """Whether ``text`` mentions ``phrase`` (case-insensitive, on word boundaries)."""
+    return bool(phrase.strip()) and _pattern(phrase).search(text) is not None
+
+
 def sentence_with(text: str, span_text: str) -> str | None:
     """The first sentence of ``text`` that mentions ``span_text``."""
     pattern = _pattern(span_text)

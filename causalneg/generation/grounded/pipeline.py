@@ -62,13 +62,14 @@ from causalneg.generation.store import RequestStore, derive_seed, request_key
 
 Similarity = Callable[[str, list[str]], list[float]]  # (query, passages) -> cos(q, passage) under the encoder
 MIN_SENTENCE_WORDS = 5  # shorter "sentences" (a title) are shown but not offered as evidence
+MAX_SENTENCE_OPTIONS = 4
 
 
 @dataclass(frozen=True)
 class GroundedSettings:
     """How the grounded method generates; ``sampling`` maps ``decompose``/``substitute`` to base sampling."""
 
-    num_negatives: int = 3  # at most this many kept per query
+    num_negatives: int = 4  # at most this many kept per query
     max_spans: int = 10  # query-side spans offered as evidence
     max_sentences: int = 8  # sentences shown (and offered) per passage
     min_overlap: float = 0.5  # share of a span's content tokens the query must name
@@ -107,11 +108,21 @@ class _Evidence:
     spans: list[Span]
     sentences: list[str]
 
+    answers: tuple[str, ...] = ()
+
     @property
     def sentence_options(self) -> dict[str, str]:
-        return {
-            sentence_label(i): s for i, s in enumerate(self.sentences) if len(s.split()) >= MIN_SENTENCE_WORDS
+        """Sentences that carry evidence (a query-side span or an answer alias), at most :data:`MAX_SENTENCE_OPTIONS`.
+
+        Dropping a sentence that holds neither changes nothing the query needs.
+        """
+        anchors = [s.text for s in self.spans] + list(self.answers)
+        options = {
+            sentence_label(i): s
+            for i, s in enumerate(self.sentences)
+            if len(s.split()) >= MIN_SENTENCE_WORDS and any(E.mentions(s, a) for a in anchors)
         }
+        return dict(list(options.items())[:MAX_SENTENCE_OPTIONS])
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -257,7 +268,7 @@ def _evidence(item: GroundedItem, settings: GroundedSettings) -> _Evidence | Non
             settings.max_spans,
         )
         sentences = split_sentences(passage)[: settings.max_sentences]
-        evidence = _Evidence(positive_id, passage, spans, sentences)
+        evidence = _Evidence(positive_id, passage, spans, sentences, tuple(aliases))
         if best is None or len(spans) > len(best.spans):
             best = evidence
     return best if best is not None and best.options else None
@@ -284,28 +295,38 @@ def _decompose(run: _Run, item: GroundedItem, evidence: _Evidence) -> tuple[Base
     return None
 
 
+KIND_WORDS = {"name": "name", "noun_phrase": "term"}
+
+
 def _substitute(
     run: _Run, item: GroundedItem, evidence: _Evidence, span: Span, requirement: str
-) -> tuple[str, RawOutput] | None:
+) -> tuple[list[str], RawOutput] | None:
+    """Up to :data:`MAX_SUBSTITUTES` valid substitutes for ``span`` (invalid ones are rejected with a reason)."""
     messages = run.messages(
         "substitute",
         item,
         evidence.sentences,
         span=span.text,
-        kind=span.kind.replace("_", " "),
+        kind=KIND_WORDS.get(span.kind, span.kind),
         requirement=requirement,
         forbidden=list(item.answers),
     )
     for attempt in range(run.settings.max_retries + 1):
         output = run.call("substitute", attempt, Substitute, item, messages, tag=span.text)
         parsed, verdict = parse_output(output, Substitute)
-        if parsed is not None:
-            run.outputs["substitute/valid"] += 1
-            substitute = parsed.substitute.strip()  # type: ignore[attr-defined]
+        if parsed is None:
+            run.reject(item, "substitute", verdict, attempt=attempt, span=span.text, raw=output.text)
+            continue
+        run.outputs["substitute/valid"] += 1
+        valid: list[str] = []
+        for substitute in dict.fromkeys(x.strip() for x in parsed.substitutes):  # type: ignore[attr-defined]
             verdict = check_substitute(substitute, span, item.query, item.answers)
             if verdict.kept:
-                return substitute, output
-        run.reject(item, "substitute", verdict, attempt=attempt, span=span.text, raw=output.text)
+                valid.append(substitute)
+            else:
+                run.reject(item, "substitute", verdict, attempt=attempt, span=span.text, raw=output.text)
+        if valid:
+            return valid, output
     return None
 
 
@@ -345,10 +366,11 @@ def _candidate_edits(
         }
         if span is not None and operation == "replace":
             found = _substitute(run, item, evidence, span, requirement["requirement"])
-            if found is None:
-                continue
-            edit = E.replace_mentions(evidence.passage, span, found[0])
-            info.update(span_kind=span.kind, substitute_request_key=found[1].key)
+            for substitute in found[0] if found else []:
+                edit = E.replace_mentions(evidence.passage, span, substitute)
+                provenance = {**info, "span_kind": span.kind, "substitute_request_key": found[1].key}  # type: ignore[index]
+                edits.append({"edit": edit, "span": span, **provenance})
+            continue
         else:
             sentence = sentence_options.get(requirement["evidence"])
             if sentence is None:

