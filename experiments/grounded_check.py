@@ -261,9 +261,9 @@ def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
     from causalneg.generation.artifact import generation_query_ids
 
     grounded_cfg = compose(overrides(name, "grounded", args.limit))
-    naive_cfg = compose(overrides(name, "naive", args.naive_limit))
+    naive_cfg = compose(overrides(name, "naive", args.naive_limit)) if args.naive_limit else None
     query_ids = generation_query_ids(grounded_cfg, dataset)
-    naive_ids = generation_query_ids(naive_cfg, dataset)
+    naive_ids = generation_query_ids(naive_cfg, dataset) if naive_cfg is not None else query_ids
     journal = journal_of(grounded_cfg, dataset)
     committed = OUT / "journal" / f"{name}-{journal.name}"
     sync_journal(journal, committed)
@@ -274,7 +274,7 @@ def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
             generate(name, "naive", args.naive_limit, args.home)
             shutil.copyfile(journal, committed)
     grounded_dir = copy_artifact(grounded_cfg, dataset, OUT / name / "grounded")
-    naive_dir = copy_artifact(naive_cfg, dataset, OUT / name / "naive") if args.naive_limit else None
+    naive_dir = copy_artifact(naive_cfg, dataset, OUT / name / "naive") if naive_cfg is not None else None
     lines = [f"## {name}", ""]
     if grounded_dir is None:
         return [*lines, "No complete grounded artifact yet: run this script without --skip-generate.", ""]

@@ -142,3 +142,11 @@ def test_resume_from_the_journal_sends_nothing_twice_and_gives_the_same_rows(tmp
     third_backend = ScriptedBackend()
     assert run_grounded([ITEM], third_backend, RequestStore(journal), _settings()).rows == first.rows
     assert third_backend.sent == []
+
+
+def test_a_positive_with_no_evidence_is_counted_not_sent(tmp_path: Path) -> None:
+    item = GroundedItem("q2", "Who wrote it?", (("p2", "short."),))
+    backend = ScriptedBackend()
+    result = run_grounded([item], backend, RequestStore(tmp_path / "j.jsonl"), _settings())
+    assert result.rows == [{"query_id": "q2", "positive_id": "p2", "negatives": []}]
+    assert result.counts["rejections"] == {"no_evidence": 1} and backend.sent == []

@@ -169,3 +169,10 @@ def test_similarity_guard_and_judge() -> None:
     assert check_judge(0.68, 0.70, cfg).reason == "judge_says_relevant"  # not clearly below the positive
     assert check_judge(0.92, 0.99, cfg).reason == "judge_says_relevant"  # confident yes
     assert check_judge(0.99, 0.99, VerifyConfig(judge=False)).kept
+
+
+def test_substitute_may_share_the_original_words_but_not_bring_in_the_querys() -> None:
+    label = Span("Capitol Records", "organization", 0)
+    query = "Which Republic Records executive was a vice president at Capitol Records?"
+    assert check_substitute("Atlantic Records", label, query, []).kept  # "Records" is the original's word
+    assert check_substitute("Republic Records", label, query, []).reason == "substitute_invalid"

@@ -409,7 +409,7 @@ def _verify(
     sims: list[float] = []
     if passing and run.similarity is not None:
         sims = run.similarity(item.query, [evidence.passage, *[c["edit"].text for c in passing]])
-    kept = []
+    kept: list[dict[str, Any]] = []
     for i, candidate in enumerate(passing):
         if len(kept) >= run.settings.num_negatives:
             run.stats["edits/over_cap"] += 1

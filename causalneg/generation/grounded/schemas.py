@@ -13,7 +13,8 @@ Stage 1 (:func:`decomposition_schema`): 2-3 requirements, each
 for cannot write (DESIGN §1a); they are left out rather than offered and then always rejected.
 
 Stage 2 (:class:`Substitute`): one or two short alternatives of the same kind, ``<= 50`` characters each, starting
-with a letter or digit, no quotes, braces or line breaks; each alternative makes its own negative. Field order is the order of reasoning: the requirement is written before its evidence is picked.
+with a letter or digit, no quotes, braces or line breaks; each alternative makes its own negative. Field order
+is the order of reasoning: the requirement is written before its evidence is picked.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def decomposition_schema(spans: tuple[str, ...], sentences: tuple[str, ...]) -> 
     """
     if not spans and not sentences:
         raise ValueError("a grounded decomposition needs at least one evidence option")
-    text = (Annotated[str, Field(min_length=1, max_length=REQUIREMENT_CHARS)], ...)
+    text: Any = (Annotated[str, Field(min_length=1, max_length=REQUIREMENT_CHARS)], ...)
     variants: list[tuple[str, Any, Any]] = []
     if spans:
         variants.append(
