@@ -193,7 +193,8 @@ def log_to_mlflow(cfg: DictConfig, manifest: Manifest, result: PipelineResult) -
         log_json(logger, asdict(manifest), "generation/manifest.json")
         kept = [(r["query_id"], "kept", "", n["text"]) for r in result.rows for n in r["negatives"]][:50]
         rejected = [
-            (r["query_id"], "rejected", r["reason"], r.get("text", r["raw"])) for r in result.rejected
+            (r["query_id"], "rejected", r["reason"], r.get("text") or r.get("raw", ""))
+            for r in result.rejected
         ][:50]
         samples = kept + rejected
         table = {

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from causalneg.artifacts import fingerprint
+from causalneg.errors import ConfigError
 from causalneg.generation.backends.base import GenerationBackend, GenerationRequest, RawOutput, SamplingConfig
 from causalneg.generation.filters import Verdict, parse_output
 from causalneg.generation.grounded import edits as E
@@ -231,9 +232,12 @@ class _Run:
             "model_id": self.backend.model_id,
         }
         engine: Any = self.judge if judge else self.backend
-        output = self.store.run(
-            [GenerationRequest(key, messages, seed)], [meta], engine, schema, sampling, progress=False
-        )[0]
+        try:
+            output = self.store.run(
+                [GenerationRequest(key, messages, seed)], [meta], engine, schema, sampling, progress=False
+            )[0]
+        except ConfigError as err:  # this request's schema cannot be compiled (e.g. by llama.cpp's converter)
+            output = RawOutput(key, "", 0, error=f"schema not compiled: {err}")
         record = self.store.records.get(output.key, {})
         self.tokens += output.output_tokens
         self.seconds += float(record.get("seconds", 0.0))

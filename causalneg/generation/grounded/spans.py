@@ -181,7 +181,8 @@ def content_tokens(text: str) -> list[str]:
 
 
 _VAGUE = frozenset(
-    "his her its their our my your other others such this that these those some many most".split()
+    ["his", "her", "its", "their", "our", "my", "your", "other", "others", "such", "this", "that", "these"]
+    + ["those", "some", "many", "most"]
 )
 
 
@@ -250,6 +251,8 @@ def extract_spans(text: str, use_spacy: bool = True) -> list[Span]:
             if span_text.lower().startswith(article) and (kind != "work" or article != "the "):
                 span_text, start = span_text[len(article) :], start + len(article)
         if not MIN_SPAN_CHARS <= len(span_text) <= MAX_SPAN_CHARS or not content_tokens(span_text):
+            return
+        if any(c in span_text for c in '"\\\n'):  # a quote inside an enum value breaks grammar converters
             return
         if kind == "noun_phrase" and (not _specific(span_text) or span_text.split()[0].lower() in _VAGUE):
             return
