@@ -181,8 +181,25 @@ def content_tokens(text: str) -> list[str]:
 
 
 _VAGUE = frozenset(
-    ["his", "her", "its", "their", "our", "my", "your", "other", "others", "such", "this", "that", "these"]
-    + ["those", "some", "many", "most"]
+    {
+        "his",
+        "her",
+        "its",
+        "their",
+        "our",
+        "my",
+        "your",
+        "other",
+        "others",
+        "such",
+        "this",
+        "that",
+        "these",
+        "those",
+        "some",
+        "many",
+        "most",
+    }  # fmt: skip
 )
 
 
