@@ -199,7 +199,7 @@ _VAGUE = frozenset(
         "some",
         "many",
         "most",
-    }  # fmt: skip
+    }
 )
 
 
