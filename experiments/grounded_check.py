@@ -8,8 +8,8 @@ Per data set (``../shared/data``: HotpotQA distractor subset, SciFact), with Qwe
 backend:
 
 1. ``stage=generate generation=grounded`` for ``--limit`` training queries, and ``generation=naive`` for the first
-   ``--naive-limit`` of them (same generator), each through ``python run.py`` in its own process. Both resume:
-   every finished request is in the journal, which this script keeps under ``experiments/grounded/journal/``
+   ``--naive-limit`` of them (same generator, 2 negatives asked per query), each through ``python run.py`` in its
+   own process. Both resume: every finished request is in the journal, which this script keeps under ``experiments/grounded/journal/``
    (committed) and copies back before generating, so a fresh machine continues where the last one stopped.
 2. The artifacts are copied to ``experiments/grounded/<dataset>/<method>/`` (rows, rejected, decompositions,
    manifest; small JSONL) so that this report can be rebuilt without regenerating.
@@ -70,7 +70,11 @@ def overrides(dataset: str, method: str, limit: int) -> list[str]:
         *GENERATOR,
         f"generation.limit={limit}",
         f"data.max_train_queries={limit}",
-        "generation.max_retries=1" if method == "naive" else "generation.max_retries=2",
+        *(
+            ["generation.max_retries=1", "generation.num_negatives=2"]
+            if method == "naive"
+            else ["generation.max_retries=2"]
+        ),
         "logger.tracking_uri=null",
         "generation.progress=false",
     ]
@@ -352,6 +356,44 @@ def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
     return [*lines, *samples]
 
 
+def bench_section() -> list[str]:
+    """The committed engine benchmark (``bench_generation.py --json experiments/grounded/bench_generation.json``)."""
+    path = OUT / "bench_generation.json"
+    if not path.is_file():
+        return []
+    runs = {r["backend"]: r for r in json.loads(path.read_text())}
+    lines = [
+        "## Engine speed: llamacpp against vllm, same model, same requests",
+        "",
+        "`python experiments/bench_generation.py --model qwen_coder_1_5b --n 6 --backends llamacpp,vllm --threads 2 "
+        "--only-decompose --override generation.decompose.max_new_tokens=192` (the official decompose requests "
+        "of 6 HotpotQA queries, cut at 192 tokens; the grounded generation paused meanwhile):",
+        "",
+        "| backend | start-up s | requests | wall s | req/s | output tokens | tok/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, run in runs.items():
+        seconds, tokens, requests = (
+            run["seconds"]["decompose"],
+            run["tokens"]["decompose"],
+            run["requests"]["decompose"],
+        )
+        lines.append(
+            f"| {name} | {run['startup_s']:.1f} | {requests} | {seconds:.1f} | {requests / seconds:.3f} | "
+            f"{tokens} | {tokens / seconds:.2f} |"
+        )
+    if {"llamacpp", "vllm"} <= runs.keys():
+        a, b = runs["llamacpp"], runs["vllm"]
+        ratio = (a["tokens"]["decompose"] / a["seconds"]["decompose"]) / (
+            b["tokens"]["decompose"] / b["seconds"]["decompose"]
+        )
+        lines += [
+            "",
+            f"llamacpp / vllm: {ratio:.2f}x output tok/s and req/s (same requests, same token cap).",
+        ]
+    return [*lines, ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -364,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name in args.datasets:
         body += dataset_section(name, args)
+    body += bench_section()
     REPORT.write_text("\n".join(body) + "\n", encoding="utf-8")
     print(f"[grounded_check] wrote {REPORT}")
     return 0
