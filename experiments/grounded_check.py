@@ -9,8 +9,9 @@ backend:
 
 1. ``stage=generate generation=grounded`` for ``--limit`` training queries, and ``generation=naive`` for the first
    ``--naive-limit`` of them (same generator, 2 negatives asked per query), each through ``python run.py`` in its
-   own process. Both resume: every finished request is in the journal, which this script keeps under ``experiments/grounded/journal/``
-   (committed) and copies back before generating, so a fresh machine continues where the last one stopped.
+   own process. Both resume: every finished request is in the journal, which this script keeps under
+   ``experiments/grounded/journal/`` (committed) and copies back before generating, so a fresh machine continues
+   where the last one stopped.
 2. The artifacts are copied to ``experiments/grounded/<dataset>/<method>/`` (rows, rejected, decompositions,
    manifest; small JSONL) so that this report can be rebuilt without regenerating.
 3. Report ``experiments/GROUNDED.md``: yield (queries with >= 1 kept negative, kept per such query), wall time per
