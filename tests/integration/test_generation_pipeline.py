@@ -187,7 +187,7 @@ def test_factory_builds_the_configured_backend(tiny_model: Path, tmp_path: Path)
     backend = build_backend({"backend": {"name": "transformers", "batch_size": 2}, "model": model})
     assert isinstance(backend, TransformersBackend) and backend.model_id == str(tiny_model.resolve())
     with pytest.raises(ConfigError, match="choose one of"):
-        build_backend({"backend": {"name": "llamacpp"}, "model": model})
+        build_backend({"backend": {"name": "nonexistent"}, "model": model})
     with pytest.raises(ConfigError, match="unexpected keyword"):
         build_backend({"backend": {"name": "transformers", "beams": 4}, "model": model})
     with pytest.raises(ConfigError, match=r"config\.json"):
