@@ -164,15 +164,25 @@ def recheck(rows: list[dict[str, Any]], dataset: Any, query_text: dict[str, str]
 def probe(
     rows: list[dict[str, Any]], dataset: Any, cfg: Any, num_mined: int, query_ids: list[str]
 ) -> dict[str, Any]:
-    """Query-blind origin probe: kept generated vs BM25-mined negatives of the same queries (stock MiniLM)."""
+    """Query-blind origin probe: kept generated vs BM25-mined negatives of the same queries (stock MiniLM).
+
+    The mined negatives are BM25's, after the configured margin filter, for exactly ``query_ids`` (mined here:
+    the mining artifact's own query selection need not contain them).
+    """
     import torch
 
-    from causalneg.data.mining.artifact import ensure_mined, load_mined
+    from causalneg.data.mining.artifact import bm25_options, filter_config, mining_config
+    from causalneg.data.mining.bm25 import mine_bm25
+    from causalneg.data.mining.filters import filter_candidates
     from causalneg.diagnostics.probes import blind_probe_auc
-    from causalneg.generation.artifact import mining_cfg
+    from causalneg.generation.artifact import generation_split, mining_cfg
     from causalneg.stages.common import build_encoder
 
-    mined = load_mined(ensure_mined(mining_cfg(cfg), dataset))
+    mining = mining_config(mining_cfg(cfg))
+    ranked = mine_bm25(dataset, generation_split(cfg), query_ids, options=bm25_options(mining))
+    mined = {
+        r.query_id: [(c.id, c.score) for c in filter_candidates(r, filter_config(mining))[0]] for r in ranked
+    }
     generated = {r["query_id"]: [n["text"] for n in r["negatives"]] for r in rows}
     texts, labels, groups = [], [], []
     for qid in query_ids:
@@ -183,7 +193,12 @@ def probe(
         for pid, _ in mined.get(qid, [])[:num_mined]:
             texts.append(dataset.corpus[pid].full_text), labels.append(False), groups.append(qid)
     if len(set(groups)) < 5:
-        return {"auc": float("nan"), "queries": len(set(groups)), "generated": sum(labels), "mined": 0}
+        return {
+            "auc": float("nan"),
+            "queries": len(set(groups)),
+            "generated": int(sum(labels)),
+            "mined": int(len(labels) - sum(labels)),
+        }
     encoder = build_encoder(cfg).eval()
     vectors = []
     with torch.inference_mode():

@@ -144,6 +144,44 @@ def test_resume_from_the_journal_sends_nothing_twice_and_gives_the_same_rows(tmp
     assert third_backend.sent == []
 
 
+class RepeatingBackend(ScriptedBackend):
+    """Proposes the original span as its substitute until told, in a feedback turn, that it cannot be used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.substitute_turns: list[list[dict[str, str]]] = []
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], schema: type[BaseModel], sampling: SamplingConfig
+    ) -> list[RawOutput]:
+        outputs = []
+        for request in requests:
+            if (
+                "requirements" in request.messages[1]["content"]
+                or '"Unbreakable"' in request.messages[1]["content"]
+            ):
+                outputs.extend(super().generate([request], schema, sampling))
+                continue
+            self.sent.append(request.key)
+            self.substitute_turns.append(list(request.messages))
+            told = len(request.messages) > 2 and "cannot be used" in request.messages[-1]["content"]
+            text = json.dumps({"substitutes": ["Samuel L. Jackson" if told else "Bruce Willis"]})
+            outputs.append(RawOutput(request.key, text, 10))
+        return outputs
+
+
+def test_a_substitute_retry_is_told_what_was_rejected(tmp_path: Path) -> None:
+    backend = RepeatingBackend()
+    result = run_grounded([ITEM], backend, RequestStore(tmp_path / "j.jsonl"), _settings())
+    first, retry = backend.substitute_turns
+    assert len(first) == 2 and [m["role"] for m in retry] == ["system", "user", "assistant", "user"]
+    assert retry[2]["content"] == json.dumps({"substitutes": ["Bruce Willis"]})
+    assert '"Bruce Willis"' in retry[3]["content"] and '"character"' in retry[3]["content"]
+    assert result.counts["rejections"]["substitute_invalid"] == 1
+    swap = next(n for n in result.rows[0]["negatives"] if n["strategy_type"] == "entity_shift")
+    assert swap["edit"]["replacement"] == "Samuel L. Jackson"
+
+
 def test_a_positive_with_no_evidence_is_counted_not_sent(tmp_path: Path) -> None:
     item = GroundedItem("q2", "Who wrote it?", (("p2", "short."),))
     backend = ScriptedBackend()

@@ -80,6 +80,24 @@ def test_remaining_mentions_reports_a_left_surname_and_a_rare_token() -> None:
     assert left == ["Arthur"]  # "Magazine" is a common word, not a mention
 
 
+def test_remaining_mentions_reports_a_query_named_token_unless_it_is_common() -> None:
+    span = Span("OCT4 and SOX2", "noun_phrase", 0)
+    query = "Replacement of OCT4 and SOX2 genes with GATA3 reprograms human cells."
+    text = "Unlike in mouse, OCT4 has not been replaced. Factors that replace KLF4 in human cells."
+    df = {"oct4": 0.01, "sox2": 0.01, "and": 0.9}
+    assert E.remaining_mentions(text, span, "KLF4", lambda t: df.get(t, 0.0), 0.002, query) == ["OCT4"]
+    assert E.remaining_mentions(text, span, "KLF4", lambda t: df.get(t, 0.0), 0.002, "") == []  # not asked
+    common = Span("professional misconduct", "noun_phrase", 0)
+    asked = "Poor students show professional misconduct later."
+    left = "Risk factors for professional behaviour and serious misconduct."
+    frequency = {"professional": 0.2, "misconduct": 0.01}
+    assert E.remaining_mentions(left, common, "professional behaviour", frequency.get, 0.002, asked) == [
+        "misconduct"
+    ]  # "professional" is in the substitute; "misconduct" is named by the query and rare in the corpus
+    frequency["misconduct"] = 0.3
+    assert E.remaining_mentions(left, common, "professional behaviour", frequency.get, 0.002, asked) == []
+
+
 def test_drop_sentence_and_sentence_with() -> None:
     sentence = E.sentence_with(PASSAGE, "David Dunn")
     assert sentence is not None and sentence.startswith("It stars")

@@ -11,6 +11,9 @@ Two operations:
 any *distinctive* token of it (capitalised, not a stop word, not part of the substitute and rare in the corpus:
 a document frequency below ``rare_df``). "Arthur's Magazine" replaced by "Godey's Lady's Book" leaves no
 mention when the passage does not say "Arthur" any more; "Magazine" alone is a common word, not a mention.
+A token of the span that the *query* names counts too, unless it is common in the corpus (document frequency of
+``query_df`` or more) or the substitute has it: "OCT4 and SOX2" -> "KLF4" leaves "OCT4" in "unlike in mouse, OCT4
+has not been replaced", and the passage still speaks of what the query asks about.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from causalneg.generation.grounded.spans import STOP_WORDS, Span, split_sentences
+from causalneg.generation.grounded.spans import STOP_WORDS, Span, content_tokens, split_sentences
 
 _WORD = re.compile(r"[0-9A-Za-zÀ-ÖØ-öø-ÿ][\w'’.-]*")
 
@@ -91,6 +94,8 @@ def remaining_mentions(
     substitute: str,
     document_frequency: Callable[[str], float] | None = None,
     rare_df: float = 0.002,
+    query: str = "",
+    query_df: float = 0.05,
 ) -> list[str]:
     """What of ``span`` is still mentioned in ``text`` after it was replaced by ``substitute`` (empty = gone)."""
     left = []
@@ -99,20 +104,23 @@ def remaining_mentions(
     surname = _surname(span.text) if span.is_person else None
     if surname and _pattern(surname).search(text) and surname.lower() not in substitute.lower():
         left.append(surname)
-    if document_frequency is not None:
-        sub_words = {w.lower() for w in _WORD.findall(substitute)}
-        for word in _WORD.findall(span.text):
-            clean = word.strip("'’.-").removesuffix("'s").removesuffix("’s")
-            low = clean.lower()
-            if (
-                len(clean) < 3
-                or not clean[0].isupper()
-                or low in STOP_WORDS
-                or low in sub_words
-                or clean in left
-                or document_frequency(low) >= rare_df
-            ):
-                continue
-            if re.search(rf"(?<![\w]){re.escape(clean)}(?![\w])", text):
+    if document_frequency is None:
+        return left
+    sub_words = {w.lower() for w in _WORD.findall(substitute)} | set(content_tokens(substitute))
+    asked = set(content_tokens(query))
+    text_tokens = set(content_tokens(text))
+    for word in _WORD.findall(span.text):
+        clean = word.strip("'’.-").removesuffix("'s").removesuffix("’s")
+        low = clean.lower()
+        if len(clean) < 3 or low in STOP_WORDS or low in sub_words or clean in left:
+            continue
+        token = (content_tokens(clean) or [low])[0]
+        if token in asked and token not in sub_words:  # a query-named token: a mention unless common
+            if token in text_tokens and document_frequency(low) < query_df:
                 left.append(clean)
+            continue
+        if not clean[0].isupper() or document_frequency(low) >= rare_df:
+            continue
+        if re.search(rf"(?<![\w]){re.escape(clean)}(?![\w])", text):
+            left.append(clean)
     return left

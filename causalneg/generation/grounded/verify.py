@@ -7,7 +7,8 @@ In order (cheap checks first; the encoder and the LLM judge only see what passed
    names both; a word shared with the original, "Records", does not count), or is a gold answer alias.
 2. ``span_not_found``: the edit changed nothing (no mention matched).
 3. ``mention_left``: after a replacement, a mention of the replaced span survives: its full form, a person's
-   surname, or a distinctive token (:func:`~causalneg.generation.grounded.edits.remaining_mentions`).
+   surname, a distinctive token, or a token of it that the query names and the corpus does not use commonly
+   (:func:`~causalneg.generation.grounded.edits.remaining_mentions`).
 4. ``answer_leak``: a gold answer alias (case, diacritics and numbers in words folded;
    :func:`causalneg.generation.filters.leaked_answer`) is still in the text, for edits that keep the passage about
    the query's entity: attribute and constraint replacements and sentence drops. An ``entity_shift`` moves the
@@ -53,7 +54,8 @@ class VerifyConfig:
     max_changed_fraction: float = 0.6
     min_words: int = 8
     rare_df: float = 0.002  # a span token in fewer than this share of corpus documents is distinctive
-    relative_margin: float | None = 0.95  # None = no encoder guard
+    query_df: float = 0.05  # a query-named span token below this document frequency must not survive
+    relative_margin: float | None = 0.98  # None = no encoder guard (conf/generation/grounded.yaml: why 0.98)
     judge: bool = True
     judge_threshold: float = 0.9  # confident "yes": rejected whatever the positive scored
     judge_margin: float = 0.0  # the negative must score below the positive's P(yes) minus this
@@ -92,7 +94,9 @@ def check_edit(
     if edit.mentions == 0 or normalize(edit.text) == normalize(positive):
         return Verdict("span_not_found", repr(edit.original[:80]))
     if edit.operation == "replace" and span is not None:
-        left = remaining_mentions(edit.text, span, edit.replacement, document_frequency, cfg.rare_df)
+        left = remaining_mentions(
+            edit.text, span, edit.replacement, document_frequency, cfg.rare_df, query, cfg.query_df
+        )
         if left:
             return Verdict("mention_left", ", ".join(repr(m) for m in left))
     about_same_entity = not (edit.operation == "replace" and strategy == "entity_shift")
