@@ -72,7 +72,9 @@ def overrides(dataset: str, method: str, limit: int) -> list[str]:
         f"generation.limit={limit}",
         f"data.max_train_queries={limit}",
         *(
-            ["generation.max_retries=1", "generation.num_negatives=2"]
+            # llama.cpp's own grammar converter refuses the naive schema's long bounded strings ("number of
+            # rules ... exceeds sane defaults"): the naive baseline is constrained through outlines instead.
+            ["generation.max_retries=1", "generation.num_negatives=2", "generation.backend.grammar=outlines"]
             if method == "naive"
             else ["generation.max_retries=2"]
         ),

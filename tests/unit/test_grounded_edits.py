@@ -12,6 +12,7 @@ from causalneg.generation.grounded.spans import (
     extract_spans,
     query_overlap,
     query_side_spans,
+    spacy_available,
     split_sentences,
 )
 from causalneg.generation.grounded.verify import (
@@ -20,6 +21,7 @@ from causalneg.generation.grounded.verify import (
     check_judge,
     check_similarity,
     check_substitute,
+    check_substitute_type,
 )
 
 PASSAGE = (
@@ -194,3 +196,45 @@ def test_substitute_may_share_the_original_words_but_not_bring_in_the_querys() -
     query = "Which Republic Records executive was a vice president at Capitol Records?"
     assert check_substitute("Atlantic Records", label, query, []).kept  # "Records" is the original's word
     assert check_substitute("Republic Records", label, query, []).reason == "substitute_invalid"
+
+
+def test_a_substitute_the_passage_already_names_would_merge_two_entities() -> None:
+    academy = Span("St Anne's Academy", "organization", 0)
+    passage = "St Anne's Academy is a comprehensive academy in the Middleton area of Rochdale."
+    query = "St Anne's Academy is located in a town with how many inhabitants?"
+    assert check_substitute("Middleton", academy, query, [], passage).reason == "substitute_invalid"
+    assert check_substitute("Kingsway Park High School", academy, query, [], passage).kept
+
+
+@pytest.mark.parametrize(
+    ("substitute", "span", "reason"),
+    [
+        ("Geethanjali", Span("2009 film", "noun_phrase", 0), "substitute_type"),  # the year is gone
+        ("2011 film", Span("2009 film", "noun_phrase", 0), None),
+        ("1941", Span("1942", "date", 0), None),
+        ("last spring", Span("1942", "date", 0), "substitute_type"),
+        ("TNF receptor", Span("IL-18 receptor", "noun_phrase", 0), None),  # a number inside a name
+        ("Uncle Tom's Cabin", Span("Alex Haley", "person", 0), "substitute_type"),  # a title, not a person
+        ("Uncle Tom's Cabin: The Story of a Slave", Span("Alex Haley", "person", 0), "substitute_type"),
+        ("Toni Morrison", Span("Alex Haley", "person", 0), None),
+        ("caspase-12", Span("caspase-11", "noun_phrase", 0), None),
+    ],
+)
+def test_check_substitute_type_shape_rules(substitute: str, span: Span, reason: str | None) -> None:
+    assert check_substitute_type(substitute, span).reason == reason
+
+
+@pytest.mark.skipif(not spacy_available(), reason="spaCy's en_core_web_sm (make install) is not installed")
+def test_check_substitute_type_reads_a_person_for_a_non_person() -> None:
+    assert check_substitute_type("Tom Hanks", Span("Men's Singles", "event", 0)).reason == "substitute_type"
+    assert check_substitute_type("Women's Doubles", Span("Men's Singles", "event", 0)).kept
+
+
+def test_a_surname_is_replaced_only_by_a_persons_surname() -> None:
+    span = Span("Alex Haley", "person", 0)
+    text = "Roots is a novel by Alex Haley. Haley said it mixed fact and fiction."
+    title = E.replace_mentions(text, span, "Uncle Tom's Cabin")
+    assert "Cabin said" not in title.text and title.mentions == 1
+    assert E.remaining_mentions(title.text, span, "Uncle Tom's Cabin") == ["Haley"]  # rejected: mention_left
+    person = E.replace_mentions(text, span, "Toni Morrison")
+    assert "Morrison said" in person.text and person.mentions == 2

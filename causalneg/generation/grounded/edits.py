@@ -4,7 +4,8 @@ Two operations:
 
 - :func:`replace_mentions`: every mention of a span becomes a substitute. Mentions are matched case-insensitively
   on word boundaries, with whitespace runs and a possessive ``'s`` tolerated; for a person's name the surname
-  alone is a mention too ("Willis" for "Bruce Willis"), replaced by the substitute's surname.
+  alone is a mention too ("Willis" for "Bruce Willis"), replaced by the substitute's surname (when the
+  substitute is a person's name itself).
 - :func:`drop_sentence`: the sentence that carries the evidence is removed.
 
 :func:`remaining_mentions` tells what is left of a replaced span: its full form, the surname of a person, and
@@ -22,7 +23,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from causalneg.generation.grounded.spans import STOP_WORDS, Span, content_tokens, split_sentences
+from causalneg.generation.grounded.spans import (
+    STOP_WORDS,
+    Span,
+    content_tokens,
+    looks_like_person_name,
+    split_sentences,
+)
 
 _WORD = re.compile(r"[0-9A-Za-zÀ-ÖØ-öø-ÿ][\w'’.-]*")
 
@@ -63,8 +70,10 @@ def replace_mentions(text: str, span: Span, substitute: str) -> Edit:
     substitute = " ".join(substitute.split())
     new, count = _pattern(span.text).subn(lambda _m: substitute, text)
     surname = _surname(span.text) if span.is_person else None
-    if surname:
-        substitute_surname = _surname(substitute) or substitute
+    # Only a person's name has a surname to put in: "Cabin claimed ..." for "Haley claimed ..." is nonsense. Any
+    # other substitute leaves the surname, and verification rejects the edit (mention_left).
+    substitute_surname = _surname(substitute) if looks_like_person_name(substitute) else None
+    if surname and substitute_surname:
         new, more = _pattern(surname).subn(lambda _m: substitute_surname, new)
         count += more
     return Edit(new, "replace", span.text, substitute, count)

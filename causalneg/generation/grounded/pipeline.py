@@ -310,8 +310,9 @@ KIND_WORDS = {"name": "name", "noun_phrase": "term"}
 # original span or a query word: 152 of 322 SciFact substitutes, before this feedback). In code, not in a
 # template, so that first attempts keep their journaled keys.
 SUBSTITUTE_FEEDBACK = (
-    "These cannot be used: {rejected}. Name one or two other {kind}s: not {span}, not a part or a longer form "
-    'of it{words}. Answer in JSON: {{"substitutes": [...]}}.'
+    "These cannot be used: {rejected}. Name one or two other real {kind}s of the same type as {span}: not "
+    "{span} itself, not a part or a longer form of it, nothing the passage already names{words}. Answer in "
+    'JSON: {{"substitutes": [...]}}.'
 )
 
 
@@ -359,7 +360,7 @@ def _substitute(
         run.outputs["substitute/valid"] += 1
         valid: list[str] = []
         for substitute in dict.fromkeys(x.strip() for x in parsed.substitutes):  # type: ignore[attr-defined]
-            verdict = check_substitute(substitute, span, item.query, item.answers)
+            verdict = check_substitute(substitute, span, item.query, item.answers, evidence.passage)
             if verdict.kept:
                 valid.append(substitute)
             else:

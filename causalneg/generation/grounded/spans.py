@@ -250,6 +250,31 @@ def spacy_available() -> bool:
     return _spacy_pipeline() is not None
 
 
+@lru_cache(maxsize=4096)
+def entity_kind(text: str) -> str | None:
+    """The kind (:data:`ENTITY_LABELS`) spaCy gives ``text`` on its own when one entity covers all of it, else
+    None (also without spaCy). Used to tell a person's name from a title or a place among substitutes."""
+    nlp = _spacy_pipeline()
+    if nlp is None or not text.strip():
+        return None
+    ents = list(nlp(text.strip()).ents)
+    if len(ents) == 1 and len(ents[0].text) >= len(text.strip()) - 1:
+        return ENTITY_LABELS.get(ents[0].label_)
+    return None
+
+
+def looks_like_person_name(text: str) -> bool:
+    """2-4 capitalised words, no digits, no possessive, colon or leading article: "Samuel L. Jackson" yes,
+    "Uncle Tom's Cabin" and "The Godfather" no."""
+    words = text.split()
+    return (
+        2 <= len(words) <= 4
+        and all(w[0].isupper() for w in words)
+        and not any(c.isdigit() or c in ":'’" for c in text)
+        and words[0].lower() not in ("the", "a", "an")
+    )
+
+
 def extract_spans(text: str, use_spacy: bool = True) -> list[Span]:
     """Candidate spans of ``text``, first mention of each distinct string, in order of position.
 

@@ -4,7 +4,9 @@ In order (cheap checks first; the encoder and the LLM judge only see what passed
 
 1. ``substitute_invalid``: the substitute equals, contains or is contained in the original span, brings in a
    word the query names (it would keep a query entity: "Republic Records" for "Capitol Records" when the query
-   names both; a word shared with the original, "Records", does not count), or is a gold answer alias.
+   names both; a word shared with the original, "Records", does not count), is a gold answer alias, or is
+   already named in the passage (it would merge two entities: "Middleton is an academy in Middleton").
+   ``substitute_type``: the substitute is not the same kind of thing (:func:`check_substitute_type`).
 2. ``span_not_found``: the edit changed nothing (no mention matched).
 3. ``mention_left``: after a replacement, a mention of the replaced span survives: its full form, a person's
    surname, a distinctive token, or a token of it that the query names and the corpus does not use commonly
@@ -26,15 +28,17 @@ In order (cheap checks first; the encoder and the LLM judge only see what passed
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from causalneg.generation.filters import Verdict, leaked_answer, normalize
-from causalneg.generation.grounded.edits import Edit, remaining_mentions
-from causalneg.generation.grounded.spans import Span, content_tokens
+from causalneg.generation.grounded.edits import Edit, mentions, remaining_mentions
+from causalneg.generation.grounded.spans import Span, content_tokens, entity_kind, looks_like_person_name
 
 REASONS = (
     "substitute_invalid",
+    "substitute_type",
     "span_not_found",
     "mention_left",
     "answer_leak",
@@ -61,8 +65,44 @@ class VerifyConfig:
     judge_margin: float = 0.0  # the negative must score below the positive's P(yes) minus this
 
 
-def check_substitute(substitute: str, span: Span, query: str, answers: Sequence[str]) -> Verdict:
-    """Is ``substitute`` a usable replacement for ``span`` (different, not the query's, not an answer)?"""
+NUMERIC_KINDS = frozenset({"date", "time", "number", "quantity", "amount", "ordinal"})
+_STANDALONE_NUMBER = re.compile(r"(?<![\w-])\d+(?:[.,]\d+)*(?![\w-])")
+MAX_WORD_RATIO = 2  # a substitute may have at most max(3, 2 x the span's) words
+
+
+def check_substitute_type(substitute: str, span: Span) -> Verdict:
+    """Is ``substitute`` the same kind of thing as ``span``? Rejects (reason ``substitute_type``):
+
+    - no number for a number, a date or a span with a number of its own ("2009 film" -> "Geethanjali"; a
+      number inside a name, "IL-18", does not count);
+    - more than ``max(3, 2 x)`` the span's words ("Alex Haley" -> "Uncle Tom's Cabin: The Story of a Slave");
+    - for a person, a substitute that is no person's name ("Uncle Tom's Cabin"); for anything else, a
+      substitute that spaCy reads as a person on its own ("Men's Singles" -> "Tom Hanks");
+
+    Other named kinds are not compared: the small NER model confuses organizations, events and works too often
+    ("Women's Doubles" reads as an organization).
+    """
+    if (span.kind in NUMERIC_KINDS or _STANDALONE_NUMBER.search(span.text)) and not _STANDALONE_NUMBER.search(
+        substitute
+    ):
+        return Verdict("substitute_type", f"{substitute!r} for {span.text!r}: the number is gone")
+    words, limit = len(substitute.split()), max(3, MAX_WORD_RATIO * len(span.text.split()))
+    if words > limit:
+        return Verdict("substitute_type", f"{substitute!r}: {words} words for {span.text!r}")
+    kind = entity_kind(substitute)
+    if span.is_person:
+        if not looks_like_person_name(substitute) or (kind is not None and kind != "person"):
+            return Verdict("substitute_type", f"{substitute!r} is not a person's name")
+    elif kind == "person":
+        return Verdict("substitute_type", f"{substitute!r} is a person, {span.text!r} a {span.kind}")
+    return Verdict()
+
+
+def check_substitute(
+    substitute: str, span: Span, query: str, answers: Sequence[str], passage: str = ""
+) -> Verdict:
+    """Is ``substitute`` a usable replacement for ``span`` in ``passage`` (different, not the query's, not an
+    answer, not already in the passage, and of the same kind)?"""
     sub, original = normalize(substitute), normalize(span.text)
     if not sub:
         return Verdict("substitute_invalid", "empty")
@@ -76,7 +116,9 @@ def check_substitute(substitute: str, span: Span, query: str, answers: Sequence[
         return Verdict("substitute_invalid", f"{substitute!r} is named by the query")
     if answers and leaked_answer(substitute, answers, query) is not None:
         return Verdict("substitute_invalid", f"{substitute!r} is a gold answer")
-    return Verdict()
+    if passage and mentions(passage, substitute):
+        return Verdict("substitute_invalid", f"{substitute!r} is already in the passage")
+    return check_substitute_type(substitute, span)
 
 
 def check_edit(
