@@ -65,7 +65,10 @@ def build_inputs(
     max_chars, k = int(gen.max_passage_chars), int(gen.get("num_candidates") or 0)
     items = []
     for qid in query_ids:
-        positive_id = split.positives(qid)[0]
+        in_corpus = [pid for pid in split.positives(qid) if pid in dataset.corpus]
+        if not in_corpus:  # all positives missing from the corpus (dataset.missing_documents=warn-and-keep)
+            continue
+        positive_id = in_corpus[0]
         shown = [clip(dataset.corpus[pid].full_text, max_chars) for pid, _ in mined.get(qid, [])[:k]]
         items.append(
             PromptInputs(

@@ -141,6 +141,7 @@ def mine_overrides(tmp_path: Path, beir: Path) -> list[str]:
         f"dataset.path={beir}",
         "dataset.name=tiny",
         "dataset.dev_split=dev",
+        "dataset.missing_documents=error",  # the default keeps such qrels (tests/unit/test_missing_documents.py)
     ]
 
 

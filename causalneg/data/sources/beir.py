@@ -1,11 +1,17 @@
 """Any BEIR-layout folder: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``; optionally
 ``hard_negatives/<split>.tsv`` (query-id, corpus-id) and an answers file (``query_meta.jsonl`` with ``answer``
-or ``answers.jsonl`` with ``answers``, as in ``../shared/data``)."""
+or ``answers.jsonl`` with ``answers``, as in ``../shared/data``).
+
+Published BEIR releases can judge documents that their corpus lacks (a handful of qrels in some sets). BEIR's
+and MTEB's evaluators keep such qrels: the query counts, its ideal DCG includes the missing document, and it
+scores what it can. :data:`MISSING_DOCUMENT_POLICIES` lets a user choose; every other data error stays strict.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal, get_args
 
 from causalneg.artifacts import file_fingerprint, fingerprint
 from causalneg.data.readers import (
@@ -21,10 +27,51 @@ from causalneg.records import Passage, Query, RetrievalDataset, RetrievalSplit
 
 log = logging.getLogger(__name__)
 
+MissingDocuments = Literal["warn-and-keep", "warn-and-drop", "error"]
+# What a qrel whose corpus-id is not in corpus.jsonl does:
+#   warn-and-keep: stays in the qrels (BEIR/MTEB: counted in the ideal DCG and recall, never retrieved);
+#   warn-and-drop: is removed (a query left without any judgment leaves the split);
+#   error: stops loading with a DataError naming file, line and field 'corpus-id'.
+MISSING_DOCUMENT_POLICIES: tuple[str, ...] = get_args(MissingDocuments)
+
+
+def _apply_missing_documents(
+    qrels: dict[str, dict[str, int]], corpus: dict[str, Passage], policy: str, path: Path
+) -> dict[str, dict[str, int]]:
+    """``qrels`` under ``policy`` for judged ids missing from ``corpus`` (logs how many qrels, which queries)."""
+    missing = [(qid, pid) for qid, rels in qrels.items() for pid in rels if pid not in corpus]
+    if not missing:
+        return qrels
+    queries = len({qid for qid, _ in missing})
+    action = "kept (never retrieved, as in BEIR/MTEB)" if policy == "warn-and-keep" else "dropped"
+    log.warning(
+        "%s: %d qrels of %d queries point to documents missing from the corpus, e.g. %s; %s "
+        "(dataset.missing_documents=%s)",
+        path,
+        len(missing),
+        queries,
+        missing[:3],
+        action,
+        policy,
+    )
+    if policy == "warn-and-keep":
+        return qrels
+    dropped = set(missing)
+    kept = {
+        qid: {pid: s for pid, s in rels.items() if (qid, pid) not in dropped} for qid, rels in qrels.items()
+    }
+    return {qid: rels for qid, rels in kept.items() if rels}
+
 
 def _read_split(
-    root: Path, split: str, queries: dict[str, Query], corpus: dict[str, Passage], files: list[Path]
-) -> RetrievalSplit:
+    root: Path,
+    split: str,
+    queries: dict[str, Query],
+    corpus: dict[str, Passage],
+    files: list[Path],
+    missing_documents: str,
+) -> tuple[RetrievalSplit, int]:
+    """The split and how many of its qrels point to documents missing from the corpus."""
     path = root / "qrels" / f"{split}.tsv"
     if not path.is_file():
         have = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
@@ -32,10 +79,18 @@ def _read_split(
             f"file not found: expected the qrels of split '{split}' here (available: {have})", path=path
         )
     files.append(path)
-    split_data = build_split(queries, read_qrels_tsv(path, known_queries=queries, known_docs=corpus))
+    strict = missing_documents == "error"
+    qrels = read_qrels_tsv(path, known_queries=queries, known_docs=corpus if strict else None)
+    affected = sum(pid not in corpus for rels in qrels.values() for pid in rels)
+    qrels = _apply_missing_documents(qrels, corpus, missing_documents, path)
+    if not qrels:
+        raise DataError(
+            "no judgments left: every qrel points to a document missing from the corpus", path=path
+        )
+    split_data = build_split(queries, qrels)
     if not any(split_data.positives(qid) for qid in split_data.queries):
         raise DataError(f"split '{split}' has no positive judgment (every score is <= 0)", path=path)
-    return split_data
+    return split_data, affected
 
 
 def _read_hard_negatives(
@@ -63,6 +118,7 @@ def load_beir(
     seed: int = 0,
     query_meta: str | None = None,
     max_corpus: int | None = None,
+    missing_documents: MissingDocuments = "warn-and-keep",
 ) -> RetrievalDataset:
     """Load a BEIR folder into a :class:`RetrievalDataset`.
 
@@ -79,9 +135,20 @@ def load_beir(
             ``dataset.answers[qid]``; ``None`` = no answers.
         max_corpus: keep at most this many passages (all judged and hard-negative passages are kept, then
             the rest in file order): for quick runs.
+        missing_documents: what a qrel does whose document is not in ``corpus.jsonl``: ``warn-and-keep``
+            (default; BEIR and MTEB keep such qrels, so their numbers are reproduced), ``warn-and-drop``
+            or ``error`` (see :data:`MissingDocuments`). The warning names the file and how many qrels
+            and queries are affected. Hard-negative files stay strict.
 
-    ``dataset.fingerprint`` hashes the bytes of every file read and these options.
+    ``dataset.fingerprint`` hashes the bytes of every file read and these options; ``missing_documents``
+    joins them only when some qrel points to a missing document (otherwise every policy loads the same
+    data, and fingerprints of existing artifacts stay valid).
     """
+    if missing_documents not in MISSING_DOCUMENT_POLICIES:
+        raise ConfigError(
+            f"dataset.missing_documents must be one of {list(MISSING_DOCUMENT_POLICIES)}, "
+            f"got {missing_documents!r}"
+        )
     root = Path(path)
     if not root.is_dir():
         raise DataError("dataset folder not found (expected corpus.jsonl, queries.jsonl, qrels/)", path=root)
@@ -92,8 +159,10 @@ def load_beir(
 
     splits: dict[str, RetrievalSplit] = {}
     hard_negatives: dict[str, dict[str, list[str]]] = {}
+    affected = 0
     for split in file_splits:
-        splits[split] = _read_split(root, split, queries, corpus, files)
+        splits[split], missing = _read_split(root, split, queries, corpus, files, missing_documents)
+        affected += missing
         negatives = _read_hard_negatives(root, split, splits[split], corpus, files)
         if negatives is not None:
             hard_negatives[split] = negatives
@@ -117,7 +186,7 @@ def load_beir(
 
     required = {pid for s in splits.values() for judged in s.qrels.values() for pid in judged}
     required |= {pid for per_split in hard_negatives.values() for pids in per_split.values() for pid in pids}
-    corpus = limit_corpus(corpus, max_corpus, required)
+    corpus = limit_corpus(corpus, max_corpus, required & corpus.keys())
 
     options = {
         "loader": "beir",
@@ -127,6 +196,8 @@ def load_beir(
         "query_meta": query_meta,
         "max_corpus": max_corpus,
     }
+    if affected:
+        options["missing_documents"] = missing_documents
     dataset = RetrievalDataset(
         name=name or root.resolve().name,
         corpus=corpus,
