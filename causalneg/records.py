@@ -68,11 +68,15 @@ class Negative:
 
 @dataclass(frozen=True)
 class TrainingGroup:
-    """One contrastive example: a query, one positive passage and its negatives (each with a source)."""
+    """One contrastive example: a query, one positive passage and its negatives (each with a source).
+
+    ``judged_ids``: every passage id the qrels judge relevant for the query (score > 0), for false-negative
+    masking of in-batch candidates; empty means just ``positive.id``."""
 
     query: Query
     positive: Passage
     negatives: tuple[Negative, ...]
+    judged_ids: tuple[str, ...] = ()
 
 
 @dataclass

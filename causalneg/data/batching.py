@@ -7,11 +7,15 @@ A batch is a dict of tensors (B queries, K = GroupSpec.total negative slots, L* 
     neg_index   [B, K] long: row in the flattened negatives, -1 for an empty slot
     neg_source  [B, K] long: NegativeSource value (MINED for empty slots; masked anyway)
     neg_mask    [B, K] bool: True where a real negative sits
+    positive_key [B] long, neg_key [B, K] long, judged_key [B, J] long: passage keys (:func:`passage_key`) of
+                the positive, of each negative slot and of every passage judged relevant for the query
+                (``NO_KEY`` = -1 for generated text, empty slots and padding): false-negative masking
 Padding is dynamic (to the longest text in the batch), never to the configured max length.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -21,12 +25,21 @@ from torch.utils.data import Dataset, Sampler
 
 from causalneg.artifacts import fingerprint
 from causalneg.data.groups import GroupSpec, QueryPool, sample_group
+from causalneg.losses.masking import NO_KEY
 from causalneg.records import NegativeSource, Passage, TrainingGroup
 
 Side = Literal["query", "doc"]
 Tokenize = Callable[
     [Sequence[str], Side], Any
 ]  # (texts, side) -> BatchEncoding with input_ids / attention_mask
+
+
+def passage_key(passage_id: str) -> int:
+    """A passage id as a stable non-negative int64: the first 8 bytes of its BLAKE2b hash, top bit cleared.
+
+    The same in every process and rank (unlike Python's ``hash``), so keys can be compared after a gather."""
+    digest = hashlib.blake2b(passage_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -93,11 +106,17 @@ class GroupCollator:
         positives = self.tokenize([g.positive.full_text for g in groups], "doc")
         neg_index = torch.full((len(groups), self.slots), -1, dtype=torch.long)
         neg_source = torch.full((len(groups), self.slots), int(NegativeSource.MINED), dtype=torch.long)
+        neg_key = torch.full((len(groups), self.slots), NO_KEY, dtype=torch.long)
+        judged = [g.judged_ids or (g.positive.id,) for g in groups]
+        judged_key = torch.full((len(groups), max(map(len, judged))), NO_KEY, dtype=torch.long)
         texts: list[str] = []
         for i, group in enumerate(groups):
+            judged_key[i, : len(judged[i])] = torch.tensor([passage_key(pid) for pid in judged[i]])
             for j, negative in enumerate(group.negatives[: self.slots]):
                 neg_index[i, j] = len(texts)
                 neg_source[i, j] = int(negative.source)
+                if negative.passage_id is not None:
+                    neg_key[i, j] = passage_key(negative.passage_id)
                 texts.append(negative.text)
         batch = {
             "query_input_ids": queries["input_ids"],
@@ -107,6 +126,9 @@ class GroupCollator:
             "neg_index": neg_index,
             "neg_source": neg_source,
             "neg_mask": neg_index >= 0,
+            "positive_key": torch.tensor([passage_key(g.positive.id) for g in groups], dtype=torch.long),
+            "neg_key": neg_key,
+            "judged_key": judged_key,
         }
         if texts:
             negatives = self.tokenize(texts, "doc")

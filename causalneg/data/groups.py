@@ -51,12 +51,16 @@ class GroupSpec:
 
 @dataclass(frozen=True)
 class QueryPool:
-    """Everything a query's groups are drawn from: its positives and its candidate negatives per source."""
+    """Everything a query's groups are drawn from: its positives and its candidate negatives per source.
+
+    ``judged_ids``: every passage id judged relevant (score > 0) for the query, even where it is not drawn as a
+    positive; groups carry it for false-negative masking (empty = the ids of ``positives``)."""
 
     query: Query
     positives: tuple[Passage, ...]
     mined: tuple[Negative, ...] = ()
     generated: tuple[Negative, ...] = ()
+    judged_ids: tuple[str, ...] = ()
 
 
 def build_pools(
@@ -90,6 +94,7 @@ def build_pools(
                 positives=positives,
                 mined=mined_negs,
                 generated=tuple((generated or {}).get(qid, ())),
+                judged_ids=tuple(judged.positives(qid)),
             )
         )
     return pools
@@ -146,4 +151,5 @@ def sample_group(
             for p in candidates
             if p.id not in excluded
         ][: spec.num_random]
-    return TrainingGroup(query=pool.query, positive=positive, negatives=tuple(negatives))
+    judged = pool.judged_ids or tuple(p.id for p in pool.positives)
+    return TrainingGroup(query=pool.query, positive=positive, negatives=tuple(negatives), judged_ids=judged)

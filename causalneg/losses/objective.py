@@ -14,6 +14,7 @@ from causalneg.records import NegativeSource
 
 if TYPE_CHECKING:
     from causalneg.losses.infonce import InfoNCE
+    from causalneg.losses.masking import PassageKeys
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class Regularizer(Protocol):
 @dataclass(frozen=True)
 class ObjectiveOutput:
     """``loss``: the scalar to backpropagate. ``parts`` (detached): ``loss/infonce``, ``loss/reg/<name>``
-    (unweighted value), ``loss/total``. ``stats`` (detached): ``reg/<name>/<stat>``."""
+    (unweighted value), ``loss/total``. ``stats`` (detached): ``reg/<name>/<stat>`` and InfoNCE's own
+    (``masked/judged_positive`` when false-negative masking runs)."""
 
     loss: Tensor
     parts: dict[str, Tensor]
@@ -50,6 +52,9 @@ class ObjectiveOutput:
 
 class Objective(nn.Module):
     r"""``L = InfoNCE(q, p, n) + Σ_r w_r · R_r(q, p, n, source, mask)``.
+
+    ``keys`` (passage keys of the batch, :class:`causalneg.losses.masking.PassageKeys`) go to InfoNCE only,
+    for false-negative masking; the regularizers see a query's own negatives, which never hold its positives.
 
     A regularizer with weight 0 is still evaluated (its stats are diagnostics worth logging in every arm) but
     under ``torch.no_grad`` and left out of the sum, so the loss and every gradient are exactly those of plain
@@ -83,12 +88,18 @@ class Objective(nn.Module):
         return f"weights={self.weights}"
 
     def forward(
-        self, q: Tensor, p: Tensor, n: Tensor, neg_source: Tensor, neg_mask: Tensor
+        self,
+        q: Tensor,
+        p: Tensor,
+        n: Tensor,
+        neg_source: Tensor,
+        neg_mask: Tensor,
+        keys: PassageKeys | None = None,
     ) -> ObjectiveOutput:
-        main = self.infonce(q, p, n, neg_mask)
+        main, infonce_stats = self.infonce.loss_and_stats(q, p, n, neg_mask, keys)
         total = main
         parts = {"loss/infonce": main.detach()}
-        stats: dict[str, Tensor] = {}
+        stats: dict[str, Tensor] = dict(infonce_stats)
         for name, reg in self.regularizers.items():
             weight = self.weights[name]
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):

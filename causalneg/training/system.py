@@ -28,6 +28,7 @@ from causalneg.evaluation.encoding import encode_texts
 from causalneg.evaluation.metrics import evaluate_run
 from causalneg.evaluation.search import exact_topk
 from causalneg.losses import Objective, per_source_similarity_stats
+from causalneg.losses.masking import PassageKeys
 from causalneg.models.encoder import DualEncoder, Side
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
@@ -174,7 +175,7 @@ class RetrieverSystem(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         emb = self.embed_batch(batch)
         q, p, n = emb["query"], emb["positive"], emb["negatives"]
-        out = self.objective(q, p, n, batch["neg_source"], batch["neg_mask"])
+        out = self.objective(q, p, n, batch["neg_source"], batch["neg_mask"], PassageKeys.from_batch(batch))
         size = q.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
         self.log_dict({k: v.detach() for k, v in out.parts.items()}, batch_size=size)

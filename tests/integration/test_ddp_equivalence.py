@@ -5,7 +5,8 @@ the objective (InfoNCE with gathered in-batch negatives, optionally + query-view
 The mean of the two rank losses and DDP's averaged parameter gradients must equal the loss and gradients of a
 single process on the whole batch. The ranks hold different K (rank 1's extra slots are padding in the
 single-process batch) and different numbers of queries with generated negatives, so the padding in the gather
-and the entropy's cross-rank normalisation are both exercised.
+and the entropy's cross-rank normalisation are both exercised. The masking case has judged positives of a
+query on the other rank (a duplicate positive, another query's positive, another query's negative).
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from causalneg.losses import InfoNCE, Objective, QueryViewEntropy
+from causalneg.losses.masking import NO_KEY, PassageKeys
 from causalneg.records import NegativeSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 WORLD, B, K, K_RANK1, D_IN, D = 2, 8, 6, 4, 10, 5
-CASES = {  # name -> (in_batch_negatives, entropy weight)
-    "in_batch": (True, 0.0),
-    "in_batch+entropy": (True, 0.5),
-    "own_negatives+entropy": (False, 0.5),
+CASES = {  # name -> (in_batch_negatives, entropy weight, false-negative masking)
+    "in_batch": (True, 0.0, False),
+    "in_batch+entropy": (True, 0.5, False),
+    "own_negatives+entropy": (False, 0.5, False),
+    "in_batch+masking": (True, 0.0, True),
 }
 
 
@@ -45,7 +48,18 @@ def make_data() -> dict[str, Tensor]:
     mask[[0, 1, 2], 4] = True
     mask[B // 2 :, K_RANK1:] = False  # rank 1 only has K_RANK1 slots
     mask[5, [1, 3]] = True
+    positive_key = torch.arange(B) + 100
+    positive_key[5] = positive_key[1]  # the same positive on both ranks
+    neg_key = torch.full((B, K), NO_KEY)
+    neg_key[:, :3] = torch.arange(B * 3).view(B, 3) + 1000
+    judged_key = torch.full((B, 2), NO_KEY)
+    judged_key[:, 0] = positive_key
+    judged_key[0, 1] = positive_key[6]  # query 0 (rank 0) judges query 6's positive (rank 1)
+    judged_key[6, 1] = neg_key[2, 0]  # query 6 (rank 1) judges a negative of query 2 (rank 0)
     return {
+        "positive_key": positive_key,
+        "neg_key": neg_key,
+        "judged_key": judged_key,
         "xq": torch.randn(B, D_IN, generator=g, dtype=torch.float64),
         "xp": torch.randn(B, D_IN, generator=g, dtype=torch.float64),
         "xn": torch.randn(B, K, D_IN, generator=g, dtype=torch.float64),
@@ -59,7 +73,9 @@ def make_encoder() -> nn.Linear:
     return nn.Linear(D_IN, D).double()
 
 
-def step(encoder: nn.Module, data: dict[str, Tensor], in_batch: bool, weight: float) -> tuple[Tensor, Tensor]:
+def step(
+    encoder: nn.Module, data: dict[str, Tensor], in_batch: bool, weight: float, masking: bool
+) -> tuple[Tensor, Tensor]:
     """Encode (one forward call, as DDP expects), compute the objective, backward. Returns (loss, entropy)."""
     b, k = data["xn"].shape[:2]
     x = torch.cat([data["xq"], data["xp"], data["xn"].reshape(b * k, D_IN)])
@@ -69,7 +85,10 @@ def step(encoder: nn.Module, data: dict[str, Tensor], in_batch: bool, weight: fl
     objective = Objective(
         InfoNCE(temperature=0.05, in_batch_negatives=in_batch), regs, {"qve": weight} if weight else {}
     )
-    out = objective(q, p, n, data["source"], data["mask"])
+    keys = PassageKeys.from_batch(data) if masking else None
+    out = objective(q, p, n, data["source"], data["mask"], keys)
+    if masking:
+        assert out.stats["masked/judged_positive"] > 0
     out.loss.backward()
     return out.loss.detach(), out.parts.get("loss/reg/qve", torch.zeros(()))
 
@@ -77,7 +96,7 @@ def step(encoder: nn.Module, data: dict[str, Tensor], in_batch: bool, weight: fl
 def local_half(data: dict[str, Tensor], rank: int) -> dict[str, Tensor]:
     rows = slice(rank * B // WORLD, (rank + 1) * B // WORLD)
     k = K if rank == 0 else K_RANK1
-    per_negative = {"xn", "source", "mask"}  # [B, K, ...]: rank 1 keeps only its K_RANK1 slots
+    per_negative = {"xn", "source", "mask", "neg_key"}  # [B, K, ...]: rank 1 keeps only its K_RANK1 slots
     return {key: v[rows, :k] if key in per_negative else v[rows] for key, v in data.items()}
 
 
@@ -93,9 +112,9 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     try:
         data = local_half(make_data(), rank)
         results = {}
-        for name, (in_batch, weight) in CASES.items():
+        for name, (in_batch, weight, masking) in CASES.items():
             model = DistributedDataParallel(make_encoder())
-            loss, entropy = step(model, data, in_batch, weight)
+            loss, entropy = step(model, data, in_batch, weight, masking)
             grads = [p.grad.detach().clone() for p in model.module.parameters()]
             results[name] = {"loss": loss, "entropy": entropy, "grads": grads}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -112,9 +131,9 @@ def free_port() -> int:
 def test_ddp_matches_single_process(tmp_path: Path) -> None:
     mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    for name, (in_batch, weight) in CASES.items():
+    for name, (in_batch, weight, masking) in CASES.items():
         encoder = make_encoder()
-        loss, entropy = step(encoder, make_data(), in_batch, weight)
+        loss, entropy = step(encoder, make_data(), in_batch, weight, masking)
         ddp_loss = sum(r[name]["loss"] for r in ranks) / WORLD
         assert torch.allclose(ddp_loss, loss, atol=1e-5, rtol=0), (name, ddp_loss, loss)
         if weight:

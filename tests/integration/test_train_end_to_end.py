@@ -38,6 +38,7 @@ def test_train_improves_tiny_encoder_and_tracks_everything(
     assert run.data.metrics["test/ndcg_at_10"] == pytest.approx(result["test"]["ndcg@10"])
     assert "test_start/ndcg_at_10" in run.data.metrics and "val/ndcg_at_10" in run.data.metrics
     assert any(k.startswith("train/sim/") for k in run.data.metrics)
+    assert "train/masked/judged_positive" in run.data.metrics  # false-negative masking is on by default
     local = client.download_artifacts(run.info.run_id, "metrics/test_per_query.json", str(tmp_path / "dl"))
     per_query = json.loads(Path(local).read_text())
     assert set(per_query) == {"ndcg@10", "recall@100", "mrr@10"} and len(per_query["ndcg@10"]) == 16
