@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--naive-limit", type=int, default=16, help="of those, how many also get naive negatives"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="llama.cpp threads (1 when the CPU is shared: a preempted thread stalls the others at every op)",
+    )
     parser.add_argument("--home", default=os.environ.get("CAUSALNEG_HOME", str(REPO)), help="CAUSALNEG_HOME")
     parser.add_argument("--skip-generate", action="store_true")
     parser.add_argument("--samples", type=int, default=20)
@@ -107,8 +113,13 @@ def sync_journal(live: Path, committed: Path) -> None:
         shutil.copyfile(committed, live)
 
 
-def generate(dataset: str, method: str, limit: int, home: str) -> None:
-    command = [sys.executable, str(REPO / "run.py"), *overrides(dataset, method, limit)]
+def generate(dataset: str, method: str, limit: int, home: str, threads: int = 2) -> None:
+    command = [
+        sys.executable,
+        str(REPO / "run.py"),
+        *overrides(dataset, method, limit),
+        f"generation.backend.n_threads={threads}",  # a throughput option: not in any cache key
+    ]
     env = {**os.environ, "CAUSALNEG_HOME": home}
     print(f"[grounded_check] {' '.join(command[1:])}", flush=True)
     subprocess.run(command, cwd=REPO, env=env, check=True)
@@ -290,10 +301,10 @@ def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
     committed = OUT / "journal" / f"{name}-{journal.name}"
     sync_journal(journal, committed)
     if not args.skip_generate:
-        generate(name, "grounded", args.limit, args.home)
+        generate(name, "grounded", args.limit, args.home, args.threads)
         shutil.copyfile(journal, committed)
         if args.naive_limit:
-            generate(name, "naive", args.naive_limit, args.home)
+            generate(name, "naive", args.naive_limit, args.home, args.threads)
             shutil.copyfile(journal, committed)
     grounded_dir = copy_artifact(grounded_cfg, dataset, OUT / name / "grounded")
     naive_dir = copy_artifact(naive_cfg, dataset, OUT / name / "naive") if naive_cfg is not None else None
