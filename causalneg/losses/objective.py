@@ -139,8 +139,9 @@ def per_source_similarity_stats(
 def build_objective(loss_cfg: Any, regularizer_cfg: Any = None) -> Objective:
     """Instantiate the objective from ``cfg.loss`` and ``cfg.regularizer`` (a mapping name -> node, or None).
 
-    Each regularizer node holds ``_target_``, ``weight`` (popped here, owned by :class:`Objective`) and the
-    constructor's keyword arguments; a node set to null is skipped.
+    ``loss.grad_cache`` configures how the training step computes the gradient, not the loss: it is left out
+    here (see :func:`grad_cache_chunk_size`). Each regularizer node holds ``_target_``, ``weight`` (popped here,
+    owned by :class:`Objective`) and the constructor's keyword arguments; a node set to null is skipped.
     """
     from hydra.utils import instantiate
     from omegaconf import DictConfig, OmegaConf
@@ -150,7 +151,10 @@ def build_objective(loss_cfg: Any, regularizer_cfg: Any = None) -> Objective:
     def plain(node: Any) -> Any:
         return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
-    infonce = instantiate(plain(loss_cfg))
+    loss_node = plain(loss_cfg)
+    if isinstance(loss_node, Mapping):
+        loss_node = {k: v for k, v in loss_node.items() if k != "grad_cache"}
+    infonce = instantiate(loss_node)
     if not isinstance(infonce, InfoNCE):
         raise ConfigError(f"loss._target_ must build causalneg.losses.InfoNCE, got {type(infonce).__name__}")
     regularizers: dict[str, Regularizer] = {}
@@ -166,3 +170,15 @@ def build_objective(loss_cfg: Any, regularizer_cfg: Any = None) -> Objective:
         weights[name] = float(kwargs.pop("weight"))
         regularizers[name] = instantiate(kwargs)
     return Objective(infonce, regularizers, weights)
+
+
+def grad_cache_chunk_size(loss_cfg: Any) -> int | None:
+    """``loss.grad_cache.chunk_size``: texts per encoder chunk with gradient caching, or None (off; also when
+    the key is absent). Must be an integer >= 1 when set."""
+    node = loss_cfg.get("grad_cache") if loss_cfg is not None else None  # a DictConfig or a dict
+    size = node.get("chunk_size") if node is not None else None
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"loss.grad_cache.chunk_size must be an integer >= 1 or null, got {size!r}")
+    return size

@@ -197,9 +197,10 @@ class DualEncoder(nn.Module):
         return self.pad(self.token_ids(texts, side))
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor, side: Side = "query") -> Tensor:
-        """``input_ids, attention_mask [B, T]`` -> ``[B, D]`` float32 (unit L2 norm if ``normalize``)."""
+        """``input_ids, attention_mask [B, T]`` -> ``[B, D]`` float32, float64 for a float64 backbone (unit L2
+        norm if ``normalize``)."""
         output = self.backbone(side)(input_ids=input_ids, attention_mask=attention_mask)
-        embeddings = pool(self.config.pooling, output.last_hidden_state, attention_mask)  # [B, D] float32
+        embeddings = pool(self.config.pooling, output.last_hidden_state, attention_mask)  # [B, D] >= float32
         if self.config.normalize:
             embeddings = F.normalize(embeddings, p=2, dim=-1)
         return embeddings

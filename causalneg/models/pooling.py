@@ -1,7 +1,8 @@
 """Pooling of token states into one vector per text.
 
 All functions take ``hidden [B, T, H]`` and ``attention_mask [B, T]`` (1 = real token, 0 = padding; either
-padding side) and return ``[B, H]``. Pooling runs in float32 even when the backbone ran under bf16 autocast.
+padding side) and return ``[B, H]``. Pooling runs in at least float32 (also when the backbone ran under bf16
+autocast); a float64 backbone pools in float64.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def last_token_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
 
 
 def pool(mode: str, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-    """Dispatch on ``mode`` (:data:`POOLING_MODES`); ``hidden [B, T, H]`` -> ``[B, H]`` in float32."""
-    hidden = hidden.float()
+    """Dispatch on ``mode`` (:data:`POOLING_MODES`); ``hidden [B, T, H]`` -> ``[B, H]`` in float32 (float64 for
+    a float64 ``hidden``)."""
+    hidden = hidden.float() if hidden.dtype in (torch.float16, torch.bfloat16) else hidden
     if mode == "mean":
         return mean_pool(hidden, attention_mask)
     if mode == "cls":

@@ -18,6 +18,7 @@ from causalneg.data.groups import GroupSpec
 from causalneg.evaluation.embedding_cache import EmbeddingCache
 from causalneg.evaluation.retrieval import evaluate_retrieval
 from causalneg.losses import build_objective
+from causalneg.losses.objective import grad_cache_chunk_size
 from causalneg.models.encoder import DualEncoder
 from causalneg.models.export import export_sentence_transformers
 from causalneg.records import NegativeSource, RetrievalDataset
@@ -180,6 +181,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
             eval_batch_size=int(cfg.eval.batch_size),
             eval_precision=str(cfg.eval.precision),
+            grad_cache_chunk_size=grad_cache_chunk_size(cfg.loss),
         )
         has_dev = bool(settings.dev_split)
         callbacks = build_callbacks(cfg, output_dir, has_dev)

@@ -8,6 +8,9 @@ negatives together) are encoded once per distinct text, sorted by length and cut
 ``train_chunk_tokens`` padded positions, each trimmed to its own longest text (:func:`encode_bucketed`), so
 almost no compute goes to padding; and attention-probability dropout is off by default, which lets PyTorch's
 SDPA use its fused CPU kernel instead of the much slower dropout path (hidden dropout is unchanged).
+
+Large batches on small memory: with ``grad_cache_chunk_size`` the step uses gradient caching
+(:mod:`causalneg.training.grad_cache`): the same loss and gradients, with one chunk's activations alive at a time.
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from causalneg.errors import ConfigError
 from causalneg.evaluation.encoding import encode_texts
 from causalneg.evaluation.metrics import evaluate_run
 from causalneg.evaluation.search import exact_topk
-from causalneg.losses import Objective, per_source_similarity_stats
+from causalneg.losses import Objective, ObjectiveOutput, per_source_similarity_stats
 from causalneg.losses.masking import PassageKeys
 from causalneg.models.encoder import DualEncoder, Side
+from causalneg.training.chunking import encode_bucketed, plan_chunks
+from causalneg.training.grad_cache import grad_cache_loss
+
+__all__ = ["RetrieverSystem", "encode_bucketed", "native_bf16_cpu", "set_attention_dropout"]
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
@@ -67,47 +75,6 @@ def set_attention_dropout(model: nn.Module, p: float) -> int:
     return changed
 
 
-def _length_chunks(lengths: Tensor, max_tokens: int) -> list[Tensor]:
-    """Row indices sorted by length (longest first, stable), cut so that ``rows * longest <= max_tokens``."""
-    order = torch.argsort(lengths, descending=True, stable=True)
-    sorted_lengths = lengths[order].tolist()
-    chunks, start = [], 0
-    while start < len(sorted_lengths):
-        rows = max(1, max_tokens // max(1, int(sorted_lengths[start])))
-        chunks.append(order[start : start + rows])
-        start += rows
-    return chunks
-
-
-def encode_bucketed(
-    encoder: DualEncoder, input_ids: Tensor, attention_mask: Tensor, side: Side, max_tokens: int | None
-) -> Tensor:
-    """``input_ids, attention_mask [N, T]`` -> ``[N, D]``: what ``encoder.encode`` returns (up to float
-    rounding), at a fraction of the compute.
-
-    Identical rows are encoded once (their gradients add up through the gather); the distinct rows are sorted
-    by length and cut into chunks of at most ``max_tokens`` padded positions, and each chunk is trimmed to the
-    columns its own texts occupy (right or left padding alike). Padding is masked out of attention and
-    pooling, so trimming it changes no result. ``max_tokens=None`` encodes the batch as given.
-    """
-    if max_tokens is None or input_ids.shape[0] == 0:
-        return encoder.encode(input_ids, attention_mask, side)
-    width = input_ids.shape[1]
-    rows = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)  # [N, 2T]
-    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)  # [U, 2T], [N]
-    ids, mask = unique[:, :width], unique[:, width:].to(attention_mask.dtype)
-    parts, order = [], []
-    for chunk in _length_chunks(mask.sum(dim=1), max_tokens):
-        columns = mask[chunk].any(dim=0).nonzero().flatten()  # occupied columns: contiguous on either side
-        span = slice(int(columns[0]), int(columns[-1]) + 1) if columns.numel() else slice(0, 1)
-        parts.append(encoder.encode(ids[chunk, span], mask[chunk, span], side))
-        order.append(chunk)
-    encoded = torch.cat(parts)  # [U, D], rows in chunk order
-    position = torch.empty(unique.shape[0], dtype=torch.long, device=encoded.device)
-    position[torch.cat(order)] = torch.arange(unique.shape[0], device=encoded.device)
-    return encoded[position[inverse]]
-
-
 def _pad_columns(tensor: Tensor, width: int, value: int, left: bool) -> Tensor:
     """Pad ``[N, T]`` to ``[N, width]`` on the tokenizer's padding side."""
     extra = width - tensor.shape[1]
@@ -126,16 +93,24 @@ class RetrieverSystem(L.LightningModule):
         val_top_k: int = 100,
         train_chunk_tokens: int | None = 4096,
         attention_dropout: float | None = 0.0,
+        grad_cache_chunk_size: int | None = None,
     ) -> None:
         """``train_chunk_tokens``: padded positions per forward chunk of a training batch's texts (see
         :func:`encode_bucketed`; None = one forward per side, padded as collated). ``attention_dropout``:
         attention-probability dropout while training (None keeps the backbone's own, 0.1 for BERT/MiniLM);
-        0.0 lets SDPA use its fused CPU kernel (MiniLM forward+backward measured 1.3x faster)."""
+        0.0 lets SDPA use its fused CPU kernel (MiniLM forward+backward measured 1.3x faster).
+        ``grad_cache_chunk_size``: texts per chunk with gradient caching (``loss.grad_cache.chunk_size``;
+        chunks also respect ``train_chunk_tokens``); None = the plain step."""
         super().__init__()
+        if grad_cache_chunk_size is not None and not grad_cache_chunk_size >= 1:
+            raise ConfigError(f"loss.grad_cache.chunk_size must be >= 1 or null, got {grad_cache_chunk_size}")
+        if grad_cache_chunk_size is not None and any(p.requires_grad for p in objective.parameters()):
+            raise ConfigError("loss.grad_cache needs an objective without trainable parameters")
         self.encoder, self.objective = encoder, objective
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.eval_batch_size, self.eval_precision, self.val_top_k = eval_batch_size, eval_precision, val_top_k
         self.train_chunk_tokens = train_chunk_tokens
+        self.grad_cache_chunk_size = grad_cache_chunk_size
         if attention_dropout is not None:
             set_attention_dropout(encoder, attention_dropout)
         self._dev_doc_emb: Tensor | None = None
@@ -144,20 +119,17 @@ class RetrieverSystem(L.LightningModule):
         self._dev_doc_ids: list[str] = []
 
     # -- embedding -------------------------------------------------------------------------------------------
-    def embed_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Embeddings of a group batch: query [B,D], positive [B,D], negatives [B,K,D] (zeros in empty slots).
-
-        Positives and the M real negatives go through :func:`encode_bucketed` as one document batch [B+M, T].
-        """
-        chunk = self.train_chunk_tokens
-        q = encode_bucketed(
-            self.encoder, batch["query_input_ids"], batch["query_attention_mask"], "query", chunk
+    def batch_texts(self, batch: dict[str, Tensor]) -> list[tuple[Tensor, Tensor, Side]]:
+        """The two sides of a group batch as ``(input_ids, attention_mask, side)``: queries [B, Lq], and the
+        documents [B+M, T]: the B positives, then the M real negatives (padded to a common width)."""
+        query: tuple[Tensor, Tensor, Side] = (
+            batch["query_input_ids"],
+            batch["query_attention_mask"],
+            "query",
         )
-        b, k = batch["neg_index"].shape
         pos_ids, pos_mask = batch["positive_input_ids"], batch["positive_attention_mask"]
         if "negative_input_ids" not in batch:
-            p = encode_bucketed(self.encoder, pos_ids, pos_mask, "doc", chunk)
-            return {"query": q, "positive": p, "negatives": q.new_zeros(b, k, q.shape[-1])}
+            return [query, (pos_ids, pos_mask, "doc")]
         neg_ids, neg_mask = batch["negative_input_ids"], batch["negative_attention_mask"]
         width, left = max(pos_ids.shape[1], neg_ids.shape[1]), self.encoder.tokenizer.padding_side == "left"
         pad_id = int(self.encoder.tokenizer.pad_token_id)
@@ -165,19 +137,68 @@ class RetrieverSystem(L.LightningModule):
             [_pad_columns(pos_ids, width, pad_id, left), _pad_columns(neg_ids, width, pad_id, left)]
         )
         mask = torch.cat([_pad_columns(pos_mask, width, 0, left), _pad_columns(neg_mask, width, 0, left)])
-        docs = encode_bucketed(self.encoder, ids, mask, "doc", chunk)  # [B+M, D]
+        return [query, (ids, mask, "doc")]
+
+    @staticmethod
+    def split_embeddings(batch: dict[str, Tensor], q: Tensor, docs: Tensor) -> dict[str, Tensor]:
+        """``q`` [B, D] and ``docs`` [B+M, D] -> query [B,D], positive [B,D], negatives [B,K,D] (zeros in empty
+        slots), as :meth:`embed_batch` returns them."""
+        b, k = batch["neg_index"].shape
         p, flat = docs[:b], docs[b:]
+        if flat.shape[0] == 0:
+            return {"query": q, "positive": p, "negatives": q.new_zeros(b, k, q.shape[-1])}
         index = batch["neg_index"].clamp(min=0)  # [B,K]
         n = flat[index.view(-1)].view(b, k, -1) * batch["neg_mask"].unsqueeze(-1).to(flat.dtype)
         return {"query": q, "positive": p, "negatives": n}
 
+    def embed_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Embeddings of a group batch: query [B,D], positive [B,D], negatives [B,K,D] (zeros in empty slots).
+
+        Each side goes through :func:`encode_bucketed` (positives and the M real negatives as one document batch
+        [B+M, T]).
+        """
+        (q_ids, q_mask, _), (d_ids, d_mask, _) = self.batch_texts(batch)
+        q = encode_bucketed(self.encoder, q_ids, q_mask, "query", self.train_chunk_tokens)
+        docs = encode_bucketed(self.encoder, d_ids, d_mask, "doc", self.train_chunk_tokens)
+        return self.split_embeddings(batch, q, docs)
+
     # -- training --------------------------------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, ObjectiveOutput, dict[str, Tensor]]:
+        """``(loss to backpropagate, objective output, embeddings)`` of a group batch.
+
+        Plain: the objective on :meth:`embed_batch`. With gradient caching: the objective on embeddings encoded
+        without a graph, chunk by chunk (:func:`plan_chunks` with ``train_chunk_tokens`` and
+        ``grad_cache_chunk_size``); the returned loss re-encodes each chunk during its backward
+        (:func:`grad_cache_loss`), and the embeddings are detached.
+        """
+        keys = PassageKeys.from_batch(batch)
+
+        def objective(emb: dict[str, Tensor]) -> ObjectiveOutput:
+            q, p, n = emb["query"], emb["positive"], emb["negatives"]
+            return self.objective(q, p, n, batch["neg_source"], batch["neg_mask"], keys)
+
+        if self.grad_cache_chunk_size is None:
+            emb = self.embed_batch(batch)
+            out = objective(emb)
+            return out.loss, out, emb
+        sides = [
+            (plan_chunks(ids, mask, self.train_chunk_tokens, self.grad_cache_chunk_size), side)
+            for ids, mask, side in self.batch_texts(batch)
+        ]
+
+        def loss_fn(embeddings: list[Tensor]) -> tuple[Tensor, tuple[ObjectiveOutput, dict[str, Tensor]]]:
+            emb = self.split_embeddings(batch, *embeddings)
+            out = objective(emb)
+            return out.loss, (out, {k: v.detach() for k, v in emb.items()})
+
+        loss, (out, emb) = grad_cache_loss(self.encoder.encode, sides, loss_fn)
+        return loss, out, emb
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        emb = self.embed_batch(batch)
+        loss, out, emb = self.compute_loss(batch)
         q, p, n = emb["query"], emb["positive"], emb["negatives"]
-        out = self.objective(q, p, n, batch["neg_source"], batch["neg_mask"], PassageKeys.from_batch(batch))
         size = q.shape[0]
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size)
         self.log_dict({k: v.detach() for k, v in out.parts.items()}, batch_size=size)
         with torch.no_grad():
             stats = dict(out.stats)
@@ -185,13 +206,18 @@ class RetrieverSystem(L.LightningModule):
         self.log_dict({f"train/{k}": v.float() for k, v in stats.items()}, batch_size=size)
         # Epoch means too (logged at every epoch end whatever log_every_n_steps is, so that short runs, e.g. the
         # CPU-scaled ablation with a few steps per epoch, still record the per-source statistics).
-        epoch = {"train_epoch/loss": out.loss.detach()} | {
+        epoch = {"train_epoch/loss": loss.detach()} | {
             f"train_epoch/{k}": v.float() for k, v in stats.items()
         }
         self.log_dict(epoch, batch_size=size, on_step=False, on_epoch=True)
-        return out.loss
+        return loss
 
     def on_fit_start(self) -> None:
+        if self.grad_cache_chunk_size is not None and self.trainer.world_size > 1:
+            raise ConfigError(
+                "loss.grad_cache runs in a single process only (each chunk's backward would trigger a DDP "
+                "gradient sync); set loss.grad_cache.chunk_size=null or train on one device"
+            )
         precision = str(getattr(self.trainer, "precision", ""))
         if precision.startswith("bf16") and self.device.type == "cpu" and not native_bf16_cpu():
             rank_zero_warn(

@@ -51,6 +51,22 @@ def test_train_improves_tiny_encoder_and_tracks_everything(
     assert vectors.shape[0] == 2
 
 
+def test_train_with_grad_cache_and_in_batch_negatives(tmp_path: Path, tiny_beir: Path, compose_cfg) -> None:
+    """The config path of gradient caching: loss.grad_cache reaches the system, not InfoNCE's constructor."""
+    overrides = [
+        *tiny_overrides(tmp_path, tiny_beir),
+        "loss.in_batch_negatives=true",
+        "loss.grad_cache.chunk_size=4",
+        "optim.optimizer.lr=3e-3",
+        "diagnostics.enabled=false",
+    ]
+    result = dispatch(compose_cfg(overrides))
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and "train/masked/judged_positive" in run.data.metrics
+    assert result["test"] != result["test_start"]
+
+
 def test_missing_required_value_fails_before_any_work(tmp_path: Path, compose_cfg) -> None:
     from causalneg.errors import ConfigError
 

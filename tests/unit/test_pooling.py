@@ -50,5 +50,6 @@ def test_pool_dispatch_returns_float32_and_rejects_unknown() -> None:
     for mode in POOLING_MODES:
         out = pool(mode, hidden, RIGHT)
         assert out.dtype == torch.float32 and out.shape == (2, 2)
+        assert pool(mode, hidden.double(), RIGHT).dtype == torch.float64  # float64 tests stay float64
     with pytest.raises(ValueError, match="unknown pooling"):
         pool("max", hidden, RIGHT)
