@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,6 +19,7 @@ from causalneg.losses.distributed import (
 from causalneg.losses.masking import NO_KEY, PassageKeys, judged_positive_mask
 
 MASKED_JUDGED = "masked/judged_positive"
+MASKED_GUIDE = "masked/guide"
 
 
 def check_inputs(
@@ -63,6 +66,13 @@ class InfoNCE(nn.Module):
     generated text has no key and is never masked. :meth:`loss_and_stats` reports
     ``masked/judged_positive``: how many (query, candidate) pairs of this rank's queries were masked.
 
+    Guide-model masking (GISTEmbed, Solatorio 2024; ``guide_margin`` set, needs ``guide``): with embeddings
+    :math:`\hat q, \hat c` of the same texts from a frozen guide encoder (the stock model), a candidate is
+    also removed from :math:`C_i` when :math:`\hat q_i\cdot\hat c > \hat q_i\cdot\hat p_i - m`
+    (sentence-transformers' ``GISTEmbedLoss`` "absolute" margin :math:`m`; 0 = anything the guide ranks above
+    the positive). This catches unjudged relevant passages, at the risk of masking true hard negatives.
+    ``masked/guide`` counts the pairs it masks beyond the judged ones.
+
     Cross-device negatives: when ``in_batch_negatives`` and ``gather_across_devices`` are on and
     ``torch.distributed`` runs with world size :math:`W > 1`, every rank all-gathers the positives,
     negatives and masks of all ranks *with gradient*, so each local query sees the global batch, and
@@ -80,9 +90,10 @@ class InfoNCE(nn.Module):
 
     Shapes: ``q`` [B, D], ``p`` [B, D], ``n`` [B, K, D] (K may be 0), ``neg_mask`` [B, K] bool or None
     (all valid), ``keys`` a :class:`PassageKeys` (positive [B], negatives [B, K], judged [B, J]) or None
-    (no masking). Returns a scalar. Gradient flows to ``q``, ``p`` and ``n`` (and, across devices, to other
-    ranks' ``p`` and ``n`` through the gather). Reference: van den Oord et al. 2018 (CPC); Karpukhin et al.
-    2020 (DPR, in-batch negatives).
+    (no masking), ``guide`` the guide's ``(q, p, n)`` of the same shapes, detached, or None. Returns a scalar.
+    Gradient flows to ``q``, ``p`` and ``n`` (and, across devices, to other ranks' ``p`` and ``n`` through the
+    gather); never to the guide's. References: van den Oord et al. 2018 (CPC); Karpukhin et al. 2020 (DPR,
+    in-batch negatives); Solatorio 2024 (GISTEmbed, guided in-batch negative selection).
     """
 
     def __init__(
@@ -91,6 +102,7 @@ class InfoNCE(nn.Module):
         in_batch_negatives: bool = False,
         gather_across_devices: bool = True,
         mask_judged_positives: bool = True,
+        guide_margin: float | None = None,
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -99,64 +111,100 @@ class InfoNCE(nn.Module):
         self.in_batch_negatives = bool(in_batch_negatives)
         self.gather_across_devices = bool(gather_across_devices)
         self.mask_judged_positives = bool(mask_judged_positives)
+        self.guide_margin = None if guide_margin is None else float(guide_margin)
 
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, in_batch_negatives={self.in_batch_negatives}, "
             f"gather_across_devices={self.gather_across_devices}, "
-            f"mask_judged_positives={self.mask_judged_positives}"
+            f"mask_judged_positives={self.mask_judged_positives}, guide_margin={self.guide_margin}"
         )
 
     def forward(
-        self, q: Tensor, p: Tensor, n: Tensor, neg_mask: Tensor | None = None, keys: PassageKeys | None = None
+        self,
+        q: Tensor,
+        p: Tensor,
+        n: Tensor,
+        neg_mask: Tensor | None = None,
+        keys: PassageKeys | None = None,
+        guide: Guide | None = None,
     ) -> Tensor:
-        return self.loss_and_stats(q, p, n, neg_mask, keys)[0]
+        return self.loss_and_stats(q, p, n, neg_mask, keys, guide)[0]
 
     def loss_and_stats(
-        self, q: Tensor, p: Tensor, n: Tensor, neg_mask: Tensor | None = None, keys: PassageKeys | None = None
+        self,
+        q: Tensor,
+        p: Tensor,
+        n: Tensor,
+        neg_mask: Tensor | None = None,
+        keys: PassageKeys | None = None,
+        guide: Guide | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss and detached stats: ``masked/judged_positive`` (a count) when masking is on and ``keys``
-        are given, else none."""
+        """The loss and detached stats: ``masked/judged_positive`` (a count) when judged masking is on and
+        ``keys`` are given; ``masked/guide`` when ``guide_margin`` is set and ``guide`` is given."""
         check_inputs(q, p, n, neg_mask)
         if neg_mask is None:
             neg_mask = torch.ones(n.shape[:2], dtype=torch.bool, device=n.device)
         if keys is not None:
             keys.check(*n.shape[:2])
-        use = keys if self.mask_judged_positives else None
+        if guide is not None:
+            check_inputs(*guide, neg_mask)
+        use_keys = keys if self.mask_judged_positives else None
+        use_guide = guide if self.guide_margin is not None else None
         if self.in_batch_negatives:
-            logits, labels, masked = self._in_batch_logits(q, p, n, neg_mask, use)
+            c = self._in_batch_candidates(q, p, n, neg_mask, use_keys, use_guide)
         else:
-            logits, labels, masked = self._own_logits(q, p, n, neg_mask, use)
-        stats = {MASKED_JUDGED: masked.sum().detach()} if use is not None else {}
-        return F.cross_entropy(logits, labels), stats
+            c = self._own_candidates(q, p, n, neg_mask, use_keys, use_guide)
+        rows = torch.arange(q.shape[0], device=q.device)
+        label = torch.zeros_like(c.valid)
+        label[rows, c.labels] = True
+        judged = c.judged & c.valid & ~label if c.judged is not None else torch.zeros_like(c.valid)
+        guided = torch.zeros_like(c.valid)
+        if c.guide_sim is not None and self.guide_margin is not None:
+            threshold = c.guide_sim[rows, c.labels] - self.guide_margin  # [B]
+            guided = (c.guide_sim > threshold[:, None]) & c.valid & ~label & ~judged
+        logits = (
+            _as_loss_dtype(c.sim.masked_fill(~c.valid | judged | guided, float("-inf"))) / self.temperature
+        )
+        stats: dict[str, Tensor] = {}
+        if use_keys is not None:
+            stats[MASKED_JUDGED] = judged.sum().detach()
+        if use_guide is not None:
+            stats[MASKED_GUIDE] = guided.sum().detach()
+        return F.cross_entropy(logits, c.labels), stats
 
-    def _own_logits(
-        self, q: Tensor, p: Tensor, n: Tensor, mask: Tensor, keys: PassageKeys | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Logits ``[B, 1+K]`` = [q·p, q·n_k] / τ with the positive at index 0, and the masked slots [B, K]."""
-        pos = (q * p).sum(-1, keepdim=True)  # [B, 1]
-        masked = torch.zeros_like(mask)
+    def _own_candidates(
+        self, q: Tensor, p: Tensor, n: Tensor, mask: Tensor, keys: PassageKeys | None, guide: Guide | None
+    ) -> _Candidates:
+        """Columns [p_i, n_i1..n_iK] per query ([B, 1+K]); the label is column 0."""
+        sim = torch.cat([(q * p).sum(-1, keepdim=True), torch.einsum("bd,bkd->bk", q, n)], dim=1)
+        column = torch.ones(q.shape[0], 1, dtype=torch.bool, device=q.device)  # the positive's, always valid
+        valid = torch.cat([column, mask], dim=1)  # [B, 1+K]
+        judged = None
         if keys is not None:  # [B, K, J+1] is small: a query's own slots against its judged keys
             own = torch.cat([keys.judged, keys.positive[:, None]], dim=1)  # [B, J+1]
             hit = (keys.negatives[:, :, None] == own[:, None, :]).any(-1) & (keys.negatives != NO_KEY)
-            masked = hit & mask
-        neg = torch.einsum("bd,bkd->bk", q, n).masked_fill(~mask | masked, float("-inf"))  # [B, K]
-        logits = _as_loss_dtype(torch.cat([pos, neg], dim=1)) / self.temperature
-        return logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device), masked
+            judged = torch.cat([~column, hit], dim=1)
+        guide_sim = None
+        if guide is not None:
+            gq, gp, gn = (t.detach() for t in guide)
+            guide_sim = torch.cat(
+                [(gq * gp).sum(-1, keepdim=True), torch.einsum("bd,bkd->bk", gq, gn)], dim=1
+            )
+        labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        return _Candidates(sim, valid, labels, judged, guide_sim)
 
-    def _in_batch_logits(
-        self, q: Tensor, p: Tensor, n: Tensor, mask: Tensor, keys: PassageKeys | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Logits ``[B, N + N*K]`` against all N positives and all N*K negatives of the (global) batch, and
-        the masked (query, candidate) pairs [B, N + N*K].
+    def _in_batch_candidates(
+        self, q: Tensor, p: Tensor, n: Tensor, mask: Tensor, keys: PassageKeys | None, guide: Guide | None
+    ) -> _Candidates:
+        """Columns: all N positives, then all N*K negatives of the (global) batch ([B, N + N*K]).
 
         Query i's own positive is column ``offset + i`` (its label); its own negatives are among the negative
-        columns, so the candidate set is exactly {p_i} ∪ {n_ik} ∪ {p_j, n_jk : j ≠ i}, less judged positives.
+        columns, so the candidate set is exactly {p_i} ∪ {n_ik} ∪ {p_j, n_jk : j ≠ i}, less masked ones.
         """
         rank, size = world()
-        pos_key = neg_key = None
-        if keys is not None:
-            pos_key, neg_key = keys.positive, keys.negatives
+        pos_key, neg_key = (keys.positive, keys.negatives) if keys is not None else (None, None)
+        g_p, g_n = (guide[1].detach(), guide[2].detach()) if guide is not None else (None, None)
         if self.gather_across_devices and size > 1:
             k_max = int(all_reduce_max(torch.tensor(n.shape[1], device=n.device)).item())
             n, mask = pad_dim1(n, k_max), pad_dim1(mask, k_max, False)
@@ -167,18 +215,40 @@ class InfoNCE(nn.Module):
             if pos_key is not None and neg_key is not None:
                 pos_key = all_gather_no_grad(pos_key, sizes)  # [N]
                 neg_key = all_gather_no_grad(pad_dim1(neg_key, k_max, NO_KEY), sizes)  # [N, K]
+            if g_p is not None and g_n is not None:
+                g_p = all_gather_no_grad(g_p, sizes)  # [N, D]
+                g_n = all_gather_no_grad(pad_dim1(g_n, k_max), sizes)  # [N, K, D]
             offset = sum(sizes[:rank])
         else:
             p_all, n_all, mask_all, offset = p, n, mask, 0
+        d = q.shape[1]
         labels = torch.arange(q.shape[0], device=q.device) + offset
-        valid = torch.cat([torch.ones_like(mask_all[:, 0]), mask_all.reshape(-1)])  # [N + N*K]
-        masked = torch.zeros(q.shape[0], valid.shape[0], dtype=torch.bool, device=q.device)
+        every = torch.ones(p_all.shape[0], dtype=torch.bool, device=q.device)  # the N positives' columns
+        valid = torch.cat([every, mask_all.reshape(-1)])[None, :]  # [1, N + N*K]
+        valid = valid.expand(q.shape[0], -1)  # [B, N + N*K]
+        sim = torch.cat([q @ p_all.T, q @ n_all.reshape(-1, d).T], dim=1)  # [B, N + N*K]
+        judged = None
         if keys is not None and pos_key is not None and neg_key is not None:
             candidates = torch.cat([pos_key, neg_key.reshape(-1)])  # [N + N*K]
-            masked = judged_positive_mask(candidates, keys.judged, keys.positive) & valid[None, :]
-            masked[torch.arange(q.shape[0], device=q.device), labels] = False
-        sim_pos = q @ p_all.T  # [B, N]
-        sim_neg = q @ n_all.reshape(-1, q.shape[1]).T  # [B, N*K]
-        sim = torch.cat([sim_pos, sim_neg], dim=1).masked_fill(~valid[None, :] | masked, float("-inf"))
-        logits = _as_loss_dtype(sim) / self.temperature  # [B, N + N*K]
-        return logits, labels, masked
+            judged = judged_positive_mask(candidates, keys.judged, keys.positive)
+        guide_sim = None
+        if guide is not None and g_p is not None and g_n is not None:
+            gq = guide[0].detach()
+            guide_sim = torch.cat([gq @ g_p.T, gq @ g_n.reshape(-1, d).T], dim=1)
+        return _Candidates(sim, valid, labels, judged, guide_sim)
+
+
+Guide = tuple[Tensor, Tensor, Tensor]  # the guide encoder's (q [B, D], p [B, D], n [B, K, D]), detached
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """Per query, its candidate columns: ``sim`` [B, C] (q·c, with gradient), ``valid`` [B, C] (False =
+    padding), ``labels`` [B] (the positive's column), ``judged`` [B, C] or None (judged positives by key),
+    ``guide_sim`` [B, C] or None (the guide's q̂·ĉ)."""
+
+    sim: Tensor
+    valid: Tensor
+    labels: Tensor
+    judged: Tensor | None
+    guide_sim: Tensor | None

@@ -13,7 +13,7 @@ from causalneg.errors import ConfigError
 from causalneg.records import NegativeSource
 
 if TYPE_CHECKING:
-    from causalneg.losses.infonce import InfoNCE
+    from causalneg.losses.infonce import Guide, InfoNCE
     from causalneg.losses.masking import PassageKeys
 
 
@@ -43,7 +43,7 @@ class Regularizer(Protocol):
 class ObjectiveOutput:
     """``loss``: the scalar to backpropagate. ``parts`` (detached): ``loss/infonce``, ``loss/reg/<name>``
     (unweighted value), ``loss/total``. ``stats`` (detached): ``reg/<name>/<stat>`` and InfoNCE's own
-    (``masked/judged_positive`` when false-negative masking runs)."""
+    (``masked/judged_positive``, ``masked/guide`` when false-negative masking runs)."""
 
     loss: Tensor
     parts: dict[str, Tensor]
@@ -53,8 +53,9 @@ class ObjectiveOutput:
 class Objective(nn.Module):
     r"""``L = InfoNCE(q, p, n) + Σ_r w_r · R_r(q, p, n, source, mask)``.
 
-    ``keys`` (passage keys of the batch, :class:`causalneg.losses.masking.PassageKeys`) go to InfoNCE only,
-    for false-negative masking; the regularizers see a query's own negatives, which never hold its positives.
+    ``keys`` (passage keys of the batch, :class:`causalneg.losses.masking.PassageKeys`) and ``guide`` (a guide
+    encoder's embeddings of the same texts) go to InfoNCE only, for false-negative masking; the regularizers
+    see a query's own negatives, which the data layer keeps free of its judged positives.
 
     A regularizer with weight 0 is still evaluated (its stats are diagnostics worth logging in every arm) but
     under ``torch.no_grad`` and left out of the sum, so the loss and every gradient are exactly those of plain
@@ -95,8 +96,9 @@ class Objective(nn.Module):
         neg_source: Tensor,
         neg_mask: Tensor,
         keys: PassageKeys | None = None,
+        guide: Guide | None = None,
     ) -> ObjectiveOutput:
-        main, infonce_stats = self.infonce.loss_and_stats(q, p, n, neg_mask, keys)
+        main, infonce_stats = self.infonce.loss_and_stats(q, p, n, neg_mask, keys, guide)
         total = main
         parts = {"loss/infonce": main.detach()}
         stats: dict[str, Tensor] = dict(infonce_stats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 from typing import Any
@@ -174,14 +175,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         start = evaluate_test(encoder, dataset, cfg, cache)
         log_metrics(logger, {f"test_start/{k}": v for k, v in start.metrics.items()}, step=0)
 
+        objective = build_objective(cfg.loss, cfg.get("regularizer"))
+        # Guide-model masking (loss.guide_margin): a frozen copy of the stock encoder, taken before training.
+        guide = copy.deepcopy(encoder) if objective.infonce.guide_margin is not None else None
         system = RetrieverSystem(
             encoder,
-            build_objective(cfg.loss, cfg.get("regularizer")),
+            objective,
             optimizer=instantiate(cfg.optim.optimizer),
             scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
             eval_batch_size=int(cfg.eval.batch_size),
             eval_precision=str(cfg.eval.precision),
             grad_cache_chunk_size=grad_cache_chunk_size(cfg.loss),
+            guide=guide,
         )
         has_dev = bool(settings.dev_split)
         callbacks = build_callbacks(cfg, output_dir, has_dev)

@@ -32,6 +32,7 @@ from causalneg.evaluation.encoding import encode_texts
 from causalneg.evaluation.metrics import evaluate_run
 from causalneg.evaluation.search import exact_topk
 from causalneg.losses import Objective, ObjectiveOutput, per_source_similarity_stats
+from causalneg.losses.infonce import Guide
 from causalneg.losses.masking import PassageKeys
 from causalneg.models.encoder import DualEncoder, Side
 from causalneg.training.chunking import encode_bucketed, plan_chunks
@@ -94,13 +95,16 @@ class RetrieverSystem(L.LightningModule):
         train_chunk_tokens: int | None = 4096,
         attention_dropout: float | None = 0.0,
         grad_cache_chunk_size: int | None = None,
+        guide: DualEncoder | None = None,
     ) -> None:
         """``train_chunk_tokens``: padded positions per forward chunk of a training batch's texts (see
         :func:`encode_bucketed`; None = one forward per side, padded as collated). ``attention_dropout``:
         attention-probability dropout while training (None keeps the backbone's own, 0.1 for BERT/MiniLM);
         0.0 lets SDPA use its fused CPU kernel (MiniLM forward+backward measured 1.3x faster).
         ``grad_cache_chunk_size``: texts per chunk with gradient caching (``loss.grad_cache.chunk_size``;
-        chunks also respect ``train_chunk_tokens``); None = the plain step."""
+        chunks also respect ``train_chunk_tokens``); None = the plain step. ``guide``: a frozen encoder (the
+        stock model) whose embeddings of each batch go to the objective for guide-model masking
+        (``loss.guide_margin``); kept out of the module tree, so it is neither trained nor checkpointed."""
         super().__init__()
         if grad_cache_chunk_size is not None and not grad_cache_chunk_size >= 1:
             raise ConfigError(f"loss.grad_cache.chunk_size must be >= 1 or null, got {grad_cache_chunk_size}")
@@ -111,6 +115,9 @@ class RetrieverSystem(L.LightningModule):
         self.eval_batch_size, self.eval_precision, self.val_top_k = eval_batch_size, eval_precision, val_top_k
         self.train_chunk_tokens = train_chunk_tokens
         self.grad_cache_chunk_size = grad_cache_chunk_size
+        self._guide = (
+            [guide.eval().requires_grad_(False)] if guide is not None else []
+        )  # a list: unregistered
         if attention_dropout is not None:
             set_attention_dropout(encoder, attention_dropout)
         self._dev_doc_emb: Tensor | None = None
@@ -162,6 +169,18 @@ class RetrieverSystem(L.LightningModule):
         docs = encode_bucketed(self.encoder, d_ids, d_mask, "doc", self.train_chunk_tokens)
         return self.split_embeddings(batch, q, docs)
 
+    @torch.no_grad()
+    def guide_embeddings(self, batch: dict[str, Tensor]) -> Guide | None:
+        """The guide encoder's ``(q [B,D], p [B,D], n [B,K,D])`` of the batch (eval mode, no graph), or None."""
+        if not self._guide:
+            return None
+        guide = self._guide[0]
+        (q_ids, q_mask, _), (d_ids, d_mask, _) = self.batch_texts(batch)
+        q = encode_bucketed(guide, q_ids, q_mask, "query", self.train_chunk_tokens)
+        docs = encode_bucketed(guide, d_ids, d_mask, "doc", self.train_chunk_tokens)
+        emb = self.split_embeddings(batch, q, docs)
+        return emb["query"], emb["positive"], emb["negatives"]
+
     # -- training --------------------------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, ObjectiveOutput, dict[str, Tensor]]:
         """``(loss to backpropagate, objective output, embeddings)`` of a group batch.
@@ -171,11 +190,11 @@ class RetrieverSystem(L.LightningModule):
         ``grad_cache_chunk_size``); the returned loss re-encodes each chunk during its backward
         (:func:`grad_cache_loss`), and the embeddings are detached.
         """
-        keys = PassageKeys.from_batch(batch)
+        keys, guide = PassageKeys.from_batch(batch), self.guide_embeddings(batch)
 
         def objective(emb: dict[str, Tensor]) -> ObjectiveOutput:
             q, p, n = emb["query"], emb["positive"], emb["negatives"]
-            return self.objective(q, p, n, batch["neg_source"], batch["neg_mask"], keys)
+            return self.objective(q, p, n, batch["neg_source"], batch["neg_mask"], keys, guide)
 
         if self.grad_cache_chunk_size is None:
             emb = self.embed_batch(batch)
@@ -218,6 +237,8 @@ class RetrieverSystem(L.LightningModule):
                 "loss.grad_cache runs in a single process only (each chunk's backward would trigger a DDP "
                 "gradient sync); set loss.grad_cache.chunk_size=null or train on one device"
             )
+        for guide in self._guide:  # not a submodule: Lightning does not move it
+            guide.to(self.device)
         precision = str(getattr(self.trainer, "precision", ""))
         if precision.startswith("bf16") and self.device.type == "cpu" and not native_bf16_cpu():
             rank_zero_warn(

@@ -64,19 +64,23 @@ def make_encoder(dropout: bool) -> DualEncoder:
     return DualEncoder.from_config(EncoderConfig(source="tiny", seed=5, tiny=tiny)).double()
 
 
-def make_objective() -> Objective:
+def make_objective(guide_margin: float | None = None) -> Objective:
     regs = {"qve": QueryViewEntropy(temperature=0.1)}
-    return Objective(InfoNCE(temperature=0.05, in_batch_negatives=True), regs, {"qve": 0.5})
+    infonce = InfoNCE(temperature=0.05, in_batch_negatives=True, guide_margin=guide_margin)
+    return Objective(infonce, regs, {"qve": 0.5})
 
 
-def make_system(encoder: DualEncoder, chunk_size: int | None, chunk_tokens: int | None) -> RetrieverSystem:
+def make_system(
+    encoder: DualEncoder, chunk_size: int | None, chunk_tokens: int | None, guide: DualEncoder | None = None
+) -> RetrieverSystem:
     system = RetrieverSystem(
         encoder,
-        make_objective(),
+        make_objective(0.0 if guide is not None else None),
         optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
         train_chunk_tokens=chunk_tokens,
         attention_dropout=None,  # keep the backbone's own (0.1 with dropout on)
         grad_cache_chunk_size=chunk_size,
+        guide=guide,
     )
     return system.train()
 
@@ -145,6 +149,23 @@ def test_grad_cache_replays_dropout_and_equals_plain_step(batch: dict, chunk_tok
     assert torch.equal(plain[2]["rng"], cached[2]["rng"])
     other_seed = step(make_system(copy.deepcopy(encoder), None, chunk_tokens), batch, seed=8)
     assert not torch.allclose(other_seed[0], plain[0])  # dropout is really on: another seed, another loss
+
+
+def test_guide_masking_through_the_system_and_with_grad_cache(batch: dict) -> None:
+    """A frozen guide (another tiny model) masks candidates: the parts differ from the unguided step, the
+    guide stays frozen and in eval mode, and the cached step still equals the plain one (dropout on)."""
+    encoder = make_encoder(True)
+    guide = DualEncoder.from_config(EncoderConfig(source="tiny", seed=9)).double()
+    plain = step(make_system(copy.deepcopy(encoder), None, 24, guide), batch, seed=3)
+    cached = step(make_system(copy.deepcopy(encoder), 1000, 24, guide), batch, seed=3)
+    assert_same(plain, cached)
+    unguided = step(make_system(copy.deepcopy(encoder), None, 24), batch, seed=3)
+    assert not torch.allclose(plain[0], unguided[0])
+    system = make_system(copy.deepcopy(encoder), None, 24, guide)
+    _, out, _ = system.compute_loss(batch)
+    assert int(out.stats["masked/guide"]) > 0 and not guide.training
+    assert all(p.grad is None and not p.requires_grad for p in guide.parameters())
+    assert not any(name.startswith("_guide") for name in system.state_dict())  # not checkpointed
 
 
 def test_without_rng_replay_the_gradients_differ(batch: dict, monkeypatch: pytest.MonkeyPatch) -> None:

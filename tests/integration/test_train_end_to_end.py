@@ -51,12 +51,16 @@ def test_train_improves_tiny_encoder_and_tracks_everything(
     assert vectors.shape[0] == 2
 
 
-def test_train_with_grad_cache_and_in_batch_negatives(tmp_path: Path, tiny_beir: Path, compose_cfg) -> None:
-    """The config path of gradient caching: loss.grad_cache reaches the system, not InfoNCE's constructor."""
+def test_train_with_grad_cache_guide_and_in_batch_negatives(
+    tmp_path: Path, tiny_beir: Path, compose_cfg
+) -> None:
+    """The config path of gradient caching (loss.grad_cache reaches the system, not InfoNCE's constructor) and
+    of guide-model masking (a frozen copy of the stock encoder)."""
     overrides = [
         *tiny_overrides(tmp_path, tiny_beir),
         "loss.in_batch_negatives=true",
         "loss.grad_cache.chunk_size=4",
+        "loss.guide_margin=0.0",
         "optim.optimizer.lr=3e-3",
         "diagnostics.enabled=false",
     ]
@@ -64,6 +68,7 @@ def test_train_with_grad_cache_and_in_batch_negatives(tmp_path: Path, tiny_beir:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and "train/masked/judged_positive" in run.data.metrics
+    assert "train/masked/guide" in run.data.metrics
     assert result["test"] != result["test_start"]
 
 

@@ -70,30 +70,40 @@ def reference(
     tau: float,
     in_batch: bool,
     masking: bool,
-) -> tuple[Tensor, int]:
-    """Mean over queries of -log softmax of the positive among the unmasked candidates; and the masked count."""
+    guide: tuple[Tensor, Tensor, Tensor] | None = None,
+    margin: float = 0.0,
+) -> tuple[Tensor, int, int]:
+    """Mean over queries of -log softmax of the positive among the unmasked candidates; the judged-masked count
+    and the guide-masked count (candidates the guide scores above its positive score minus ``margin``)."""
     q, p, n, mask = emb["q"], emb["p"], emb["n"], emb["mask"]
-    losses, masked = [], 0
+    losses, masked, guided = [], 0, 0
     for i in range(B):
         drop = judged[i] | {pos_ids[i]} if masking else set()
         owners = range(B) if in_batch else [i]
-        cands = [p[i]]
+        pool: list[tuple[str | None, Tensor, Tensor | None]] = []  # (passage id, embedding, guide embedding)
         for j in owners:
             if j != i:
-                if pos_ids[j] in drop:
-                    masked += 1
-                else:
-                    cands.append(p[j])
-            for k in range(K):
-                if not mask[j, k]:
-                    continue
-                if neg_ids[j][k] in drop:
-                    masked += 1
-                else:
-                    cands.append(n[j, k])
+                pool.append((pos_ids[j], p[j], None if guide is None else guide[1][j]))
+            pool += [
+                (neg_ids[j][k], n[j, k], None if guide is None else guide[2][j, k])
+                for k in range(K)
+                if mask[j, k]
+            ]
+        cands = [p[i]]
+        for pid, vec, guide_vec in pool:
+            if pid is not None and pid in drop:
+                masked += 1
+            elif (
+                guide is not None
+                and guide_vec is not None
+                and guide[0][i] @ guide_vec > (guide[0][i] @ guide[1][i] - margin)
+            ):
+                guided += 1
+            else:
+                cands.append(vec)
         logits = torch.stack([q[i] @ c for c in cands]) / tau
         losses.append(-torch.log_softmax(logits, dim=0)[0])
-    return torch.stack(losses).mean(), masked
+    return torch.stack(losses).mean(), masked, guided
 
 
 def leaves(emb: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -109,7 +119,7 @@ def test_masked_infonce_matches_the_reference_loop(seed: int, in_batch: bool, ma
     keys = keys_of(pos_ids, neg_ids, judged)
     loss_fn = InfoNCE(temperature=0.07, in_batch_negatives=in_batch, mask_judged_positives=masking)
     loss, stats = loss_fn.loss_and_stats(ours["q"], ours["p"], ours["n"], ours["mask"], keys)
-    expected, count = reference(ref, pos_ids, neg_ids, judged, 0.07, in_batch, masking)
+    expected, count, _ = reference(ref, pos_ids, neg_ids, judged, 0.07, in_batch, masking)
     assert torch.allclose(loss, expected, atol=1e-12, rtol=0)
     loss.backward()
     expected.backward()
@@ -121,6 +131,51 @@ def test_masked_infonce_matches_the_reference_loop(seed: int, in_batch: bool, ma
         assert int(stats["masked/judged_positive"]) == count == (8 if in_batch else 1)
     else:
         assert stats == {}
+
+
+def guide_of(emb: dict[str, Tensor], seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A guide's embeddings: the model's own, perturbed (so the guide agrees in part), detached."""
+    g = torch.Generator().manual_seed(100 + seed)
+
+    def noisy(t: Tensor) -> Tensor:
+        return F.normalize(t.detach() + 0.7 * torch.randn(t.shape, generator=g, dtype=t.dtype), dim=-1)
+
+    return noisy(emb["q"]), noisy(emb["p"]), noisy(emb["n"])
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.3])
+@pytest.mark.parametrize("masking", [True, False])
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_guide_masking_matches_the_reference_loop(in_batch: bool, masking: bool, margin: float) -> None:
+    emb, pos_ids, neg_ids, judged = make_case(2)
+    guide = guide_of(emb, 2)
+    ours, ref = leaves(emb), leaves(emb)
+    keys = keys_of(pos_ids, neg_ids, judged)
+    loss_fn = InfoNCE(
+        temperature=0.07, in_batch_negatives=in_batch, mask_judged_positives=masking, guide_margin=margin
+    )
+    loss, stats = loss_fn.loss_and_stats(ours["q"], ours["p"], ours["n"], ours["mask"], keys, guide)
+    expected, count, guided = reference(ref, pos_ids, neg_ids, judged, 0.07, in_batch, masking, guide, margin)
+    assert torch.allclose(loss, expected, atol=1e-12, rtol=0)
+    loss.backward()
+    expected.backward()
+    for name in ("q", "p", "n"):
+        assert torch.allclose(ours[name].grad, ref[name].grad, atol=1e-12, rtol=0), name
+    assert int(stats["masked/guide"]) == guided and guided > 0
+    assert int(stats.get("masked/judged_positive", -1)) == (count if masking else -1)
+    assert guide[0].grad is None  # the guide gets no gradient
+
+
+def test_guide_is_ignored_without_a_margin_and_a_huge_negative_margin_masks_nothing() -> None:
+    emb, pos_ids, neg_ids, judged = make_case(0)
+    keys, guide = keys_of(pos_ids, neg_ids, judged), guide_of(emb, 0)
+    plain = InfoNCE(in_batch_negatives=True)
+    off, stats = plain.loss_and_stats(emb["q"], emb["p"], emb["n"], emb["mask"], keys, guide)
+    assert "masked/guide" not in stats
+    assert torch.equal(off, plain(emb["q"], emb["p"], emb["n"], emb["mask"], keys))
+    lenient = InfoNCE(in_batch_negatives=True, guide_margin=-10.0)  # nothing scores 10 above the positive
+    same, stats = lenient.loss_and_stats(emb["q"], emb["p"], emb["n"], emb["mask"], keys, guide)
+    assert torch.equal(same, off) and int(stats["masked/guide"]) == 0
 
 
 def test_masking_changes_the_loss_only_through_judged_candidates() -> None:
