@@ -104,3 +104,12 @@ def test_evaluation_under_warn_and_keep_scores_what_it_can(tmp_path: Path) -> No
     assert ndcg["q2"] > 0.0 and result.per_query["recall@100"]["q2"] == 1.0
     assert all("ghost" not in docs for docs in result.run.values())
     assert result.metrics["ndcg@10"] == pytest.approx(sum(ndcg.values()) / 3)
+
+
+def test_grounded_items_leave_out_positives_missing_from_the_corpus(tmp_path: Path) -> None:
+    from causalneg.generation.grounded.inputs import build_items
+
+    ds = load_beir(beir_with_a_missing_doc(tmp_path / "set"))
+    q0, q1 = build_items(ds, "test", ["q0", "q1"], "generic")
+    assert [pid for pid, _ in q0.positives] == ["d0"]
+    assert q1.positives == ()  # the grounded pipeline counts it as no_evidence

@@ -15,13 +15,19 @@ _TOKEN = re.compile(r"[0-9A-Za-zÀ-ÖØ-öø-ÿ]+")
 def build_items(
     dataset: RetrievalDataset, split_name: str, query_ids: Sequence[str], profile: str
 ) -> list[GroundedItem]:
-    """One :class:`GroundedItem` per query id: every judged positive (full ``title. text``), answers, profile."""
+    """One :class:`GroundedItem` per query id: every judged positive (full ``title. text``), answers, profile.
+
+    A positive missing from the corpus (``dataset.missing_documents=warn-and-keep``) is left out; a query with
+    none left is counted by the pipeline as ``no_evidence``.
+    """
     split = dataset.split(split_name)
     return [
         GroundedItem(
             query_id=qid,
             query=split.queries[qid].text,
-            positives=tuple((pid, dataset.corpus[pid].full_text) for pid in split.positives(qid)),
+            positives=tuple(
+                (pid, dataset.corpus[pid].full_text) for pid in split.positives(qid) if pid in dataset.corpus
+            ),
             answers=tuple(dataset.answers.get(qid, [])),
             profile=profile,
         )
