@@ -18,8 +18,9 @@ machine's load average (the CPU is shared: compare ratios, not absolutes).
 Threads: the transformers backend runs in this process with ``--threads`` torch threads; vLLM-CPU's worker
 binds ``--threads`` cores (``VLLM_CPU_OMP_THREADS_BIND``); llama.cpp runs ``--threads`` threads
 (``n_threads``), so all use the same number of cores. llamacpp loads the quantized GGUF file itself (the
-Qwen parts are concatenated once into the cache dir), the others the dequantised HF folder; its requests run
-one at a time (``--llamacpp-option grammar=llama_cpp`` switches its grammar path).
+Qwen parts are concatenated once into the cache dir), the others the dequantised HF folder; it decodes up to
+``generation.backend.parallel`` requests together (``--llamacpp-option parallel=1``: one at a time;
+``--llamacpp-option grammar=outlines`` switches its grammar path).
 vLLM's engine is started under this script's ``__main__`` guard (it uses spawn multiprocessing).
 """
 
@@ -169,7 +170,7 @@ def run_backend(name: str, args: argparse.Namespace, root: Path) -> dict[str, An
         options = (kv.split("=", 1) for kv in args.llamacpp_option)
         overrides += [f"generation.backend.{k}={v}" for k, v in options]
         overrides.append(f"generation.backend.n_threads={args.threads}")
-        overrides.append(f"generation.flush_every={args.n}")  # sequential anyway: one call per stage
+        overrides.append(f"generation.flush_every={args.n}")  # one call per stage, batched up to `parallel`
     else:
         overrides.append(f"generation.flush_every={args.transformers_batch}")
         overrides.append(f"generation.backend.batch_size={args.transformers_batch}")

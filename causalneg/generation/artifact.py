@@ -55,8 +55,9 @@ THROUGHPUT_KEYS = frozenset(
         # openai (OpenAIOptions)
         "api_key", "api_key_env", "concurrency", "timeout_s", "connect_timeout_s", "max_retries",
         "backoff_base_s", "backoff_max_s",
-        # llamacpp (LlamaCppBackend): n_ctx stays in (a longer prompt fails), and so does the grammar
-        "n_threads", "n_batch", "verbose",
+        # llamacpp (LlamaCppBackend): n_ctx stays in (a longer prompt fails), and so does the grammar; parallel
+        # changes outputs numerically (batched matrix products, llguidance masks), as vllm's max_num_seqs does
+        "n_threads", "n_batch", "verbose", "parallel",
     }
 )  # fmt: skip
 

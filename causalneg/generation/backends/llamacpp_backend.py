@@ -21,28 +21,44 @@ never templated twice. A GGUF without a chat template is refused.
   generator: outlines' ``LlamaCpp.generate`` resets the model after every call (which throws the KV cache
   prefix away, below) and returns text only (no token count, no finish reason).
 
-Which path is faster, measured on SmolLM2-135M Q4_1 with ``n_threads=2`` (the CPU is shared, so each pair
-ran back to back, in alternating order; absolute numbers swing 10x with the load, the ordering did not):
-``python experiments/bench_generation.py --model smollm2 --n 4 --backends llamacpp --threads 2
---only-decompose --override generation.decompose.max_new_tokens=256 --llamacpp-option grammar=G``
-(1,024 output tokens of the decomposition schema, prefill included) gave, quiet machine, ``llama_cpp``
-38.2 / 38.0 vs ``outlines`` 50.9 / 44.0 output tok/s (28.8 vs 42.1 in another quiet pair; 3.0 vs 3.4 under
-heavy load). Alternating one request per path on one short prompt (8 x 128 tokens, prefix cached, quiet):
-58.7 vs 89.0 tok/s, 32 vs 22 ms of CPU per token. Profiled under load, llama.cpp's grammar sampler took
-~25 ms per token (it checks every vocabulary entry against the grammar at every step), llguidance ~1 ms. So
-``outlines`` (llguidance) is the default; the gap grows with the vocabulary (151k for Qwen vs 49k here).
+Which path is faster depends on the vocabulary. On SmolLM2-135M Q4_1 (49k entries), ``n_threads=2``, pairs run
+back to back in alternating order on a shared CPU (absolute numbers swing 10x with the load, the ordering did
+not): ``python experiments/bench_generation.py --model smollm2 --n 4 --backends llamacpp --threads 2
+--only-decompose --override generation.decompose.max_new_tokens=256 --llamacpp-option grammar=G
+--llamacpp-option parallel=1`` gave ``llama_cpp`` 29-38 vs ``outlines`` 42-51 output tok/s. On
+Qwen2.5-Coder-1.5B (151k entries), 6 HotpotQA queries of ``generation=grounded``: ``llama_cpp`` 6.8 tok/s
+(115 s), ``outlines`` 1.6 tok/s (344 s). So ``llama_cpp`` is the default (see
+``conf/generation/backend/llamacpp.yaml``): it serves the 1.5B, the generator this backend is for.
 
 **Sampling.** Temperature and top-p from :class:`SamplingConfig`; llama.cpp's other samplers are neutral
-(``top_k=0``, ``min_p=0``, ``repeat_penalty=1``) so the distribution is the one the other backends sample.
-Each request passes its own seed (``seed % (2**32 - 1)``: llama.cpp seeds are 32-bit and ``0xFFFFFFFF`` means
-"random"), so a rerun reproduces it exactly; ``temperature == 0`` is greedy.
+(``top_k=0``, ``min_p=0``, ``repeat_penalty=1``) so the distribution is the one the other backends sample:
+grammar mask, top-p over the masked distribution, temperature, a draw. Each request passes its own seed
+(``seed % (2**32 - 1)``: llama.cpp seeds are 32-bit and ``0xFFFFFFFF`` means "random"), so a rerun of the
+same call reproduces it; ``temperature == 0`` is greedy.
 
-**Sequential, with KV-cache prefix reuse.** Requests run one after another. llama-cpp-python compares each
-prompt's tokens with what the context holds (the previous prompt plus its output) and evaluates only the
-suffix after their longest common prefix. Calls that share a system prompt and a passage (decompose, then
-perturb, then the judge's questions on one pair) therefore skip most of their prefill. We keep this working
-by never calling ``llm.reset()`` and by reading the judge's logits through the same ``generate`` path.
-Measured (SmolLM2): a 1,712-token prompt took 27.7 s cold and 0.5 s when only the last user turn changed.
+**Batched** (``parallel > 1`` and more than one request): up to ``parallel`` requests decoded together, with
+continuous batching, one KV stream per sequence and shared-prefix copies, in a second llama.cpp context
+over the same weights (:mod:`causalneg.generation.backends.llamacpp_batched`). On a CPU a decoding step is
+bound by reading the weights, so a step for several sequences costs little more than for one. Each
+sequence has its own constraint state and its own seeded draw, so an output does not depend on its batch
+mates, up to floating-point differences of batched matrix products (so the same request batched with
+different others, or alone, can come out differently; the same call twice comes out the same). The grammar
+mask comes from llguidance: ``grammar=llama_cpp`` compiles the same GBNF grammar (0.2 ms per token on
+SmolLM2 against 6 ms for llama.cpp's grammar sampler, which checks every vocabulary entry, and the cost is
+paid once per sequence and step), falling back to llama.cpp grammar samplers where llguidance cannot
+compile it; ``grammar=outlines`` uses the llguidance JSON-schema grammar outlines builds
+(``outlines_backend=outlines_core`` stays sequential). The language is the same as the sequential path's;
+the masks differ in one respect: where the grammar forces a string (a key name), llguidance allows its
+canonical tokens only, while llama.cpp also allows splitting it (``q`` + ``uery``), so outputs and token
+counts differ from the sequential path's even for the same request.
+
+**Sequential, with KV-cache prefix reuse** (``parallel=1``, a single request, :meth:`choice_probabilities`).
+Requests run one after another. llama-cpp-python compares each prompt's tokens with what the context holds
+(the previous prompt plus its output) and evaluates only the suffix after their longest common prefix.
+Calls that share a system prompt and a passage (decompose, then perturb, then the judge's questions on one
+pair) therefore skip most of their prefill. We keep this working by never calling ``llm.reset()`` and by
+reading the judge's logits through the same ``generate`` path. Measured (SmolLM2): a 1,712-token prompt
+took 27.7 s cold and 0.5 s when only the last user turn changed.
 
 **Failures.** A request that llama.cpp rejects (a prompt longer than ``n_ctx``) gets ``RawOutput.error``; it
 never fails the batch. ``finish_reason`` is ``stop`` (end-of-generation token) or ``length`` (cut at
@@ -141,6 +157,7 @@ class LlamaCppBackend:
         n_threads: int | None = None,
         n_ctx: int = 4096,
         n_batch: int = 512,
+        parallel: int = 4,
         seed: int = 0,
         verbose: bool = False,
         llama_kwargs: Mapping[str, Any] | None = None,
@@ -151,6 +168,8 @@ class LlamaCppBackend:
             raise ConfigError(
                 f"generation.backend.outlines_backend={outlines_backend!r}; choose one of {OUTLINES_BACKENDS}"
             )
+        if int(parallel) < 1:
+            raise ConfigError(f"generation.backend.parallel={parallel!r}; must be at least 1")
         if not str(model_path).endswith(".gguf") or not os.path.isfile(model_path):
             raise ConfigError(f"llamacpp needs a GGUF file, got {model_path!r}")
         llama_cpp = import_llama_cpp()
@@ -159,6 +178,8 @@ class LlamaCppBackend:
         self.model_path = str(model_path)
         self.model_id = model_id or self.model_path
         self.grammar, self.outlines_backend = grammar, outlines_backend
+        self.parallel, self.n_batch = int(parallel), n_batch
+        self._decoder: Any = None  # BatchedDecoder, built on the first batched call
         self.llm: Any = llama_cpp.Llama(
             model_path=self.model_path,
             n_ctx=n_ctx,
@@ -182,6 +203,8 @@ class LlamaCppBackend:
             add_generation_prompt=True,
         )
         self._constraints: dict[str, dict[str, Any]] = {}
+        self._batch_constraints: dict[str, Any] = {}
+        self._llg_tokenizer: Any = None
         self._outlines_model: Any = None
 
     def prompt_tokens(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
@@ -247,10 +270,61 @@ class LlamaCppBackend:
     def generate(
         self, requests: Sequence[GenerationRequest], schema: type[BaseModel], sampling: SamplingConfig
     ) -> list[RawOutput]:
-        """One RawOutput per request, in order, generated sequentially (see the module docstring)."""
+        """One RawOutput per request, in order: batched when ``parallel > 1``, else sequential (module docstring)."""
+        constraint = self._constraint(schema)
+        if self.parallel > 1 and len(requests) > 1:
+            batched = self._batched_constraint(schema)
+            if batched is not None:
+                return self._generate_batched(requests, batched, sampling)
+        return self._generate_sequential(requests, constraint, sampling)
+
+    def _batched_constraint(self, schema: type[BaseModel]) -> Any:
+        """The batched path's per-sequence constraint factory for ``schema`` (built once), or None.
+
+        ``grammar=llama_cpp``: the same GBNF grammar, compiled by llguidance (:func:`gbnf_to_lark`), or llama.cpp
+        grammar samplers where llguidance is missing or cannot compile it; ``grammar=outlines`` with
+        ``llguidance``: the same llguidance JSON-schema grammar outlines builds; ``outlines_core``: None
+        (sequential).
+        """
+        from causalneg.generation.backends import llamacpp_batched as batched
+
+        key = schema_hash(schema)
+        if key in self._batch_constraints:
+            return self._batch_constraints[key]
+        made: Any = None
+        n_vocab = int(self.llm.n_vocab())
+        if self.grammar == "llama_cpp":
+            grammar = self._constraint(schema)["grammar"]
+            try:
+                import llguidance
+
+                if self._llg_tokenizer is None:
+                    self._llg_tokenizer = batched.guidance_tokenizer(self.llm)
+                lark = llguidance.LLMatcher.grammar_from_lark(batched.gbnf_to_lark(grammar._grammar))
+                made = batched.GuidanceConstraint(self._llg_tokenizer, lark, n_vocab)
+            except Exception as exc:  # no llguidance, or a grammar it cannot compile: exact but slower
+                warnings.warn(
+                    f"llamacpp: llama.cpp grammar samplers for {schema.__name__} ({describe(exc)})",
+                    stacklevel=2,
+                )
+                made = batched.LlamaGrammarConstraint(self.llm._model.vocab, grammar)
+        elif self.outlines_backend == "llguidance":
+            import llguidance
+
+            if self._llg_tokenizer is None:
+                self._llg_tokenizer = batched.guidance_tokenizer(self.llm)
+            spec = {**json_schema(schema), "x-guidance": {"whitespace_flexible": False}}
+            made = batched.GuidanceConstraint(
+                self._llg_tokenizer, llguidance.grammar_from("json_schema", json.dumps(spec)), n_vocab
+            )
+        self._batch_constraints[key] = made
+        return made
+
+    def _generate_sequential(
+        self, requests: Sequence[GenerationRequest], constraint: dict[str, Any], sampling: SamplingConfig
+    ) -> list[RawOutput]:
         from llama_cpp import LogitsProcessorList
 
-        constraint = self._constraint(schema)
         outputs: list[RawOutput] = []
         for request in requests:
             try:
@@ -274,6 +348,41 @@ class LlamaCppBackend:
                 )
             )
         return outputs
+
+    def _generate_batched(
+        self, requests: Sequence[GenerationRequest], constraint: Any, sampling: SamplingConfig
+    ) -> list[RawOutput]:
+        """The requests decoded ``parallel`` at a time (:mod:`.llamacpp_batched`), same limits and errors."""
+        from causalneg.generation.backends.llamacpp_batched import BatchedDecoder, Job, SequenceSampler
+
+        n_ctx = int(self.llm.n_ctx())
+        if self._decoder is None:
+            self._decoder = BatchedDecoder(self.llm, self.parallel, n_ctx, self.n_batch)
+        decoder = self._decoder
+        outputs: list[RawOutput | None] = [None] * len(requests)
+        jobs: list[Job] = []
+        temperature, top_p = max(0.0, float(sampling.temperature)), float(sampling.top_p)
+        for index, request in enumerate(requests):
+            try:
+                prompt = self.prompt_tokens(request.messages)
+                if len(prompt) >= n_ctx:  # create_completion's check and message
+                    raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {n_ctx}")
+                wanted = sampling.max_new_tokens if sampling.max_new_tokens > 0 else n_ctx - len(prompt)
+                sampler = SequenceSampler(
+                    constraint.start(), temperature, top_p, request.seed % _SEED_MODULUS
+                )
+            except Exception as exc:
+                outputs[index] = RawOutput(request.key, "", 0, error=describe(exc))
+                continue
+            jobs.append(Job(index, prompt, min(wanted, n_ctx - len(prompt)), sampler))
+        decoder.run(jobs)
+        for job in jobs:
+            text = self.llm.detokenize(job.output, prev_tokens=job.prompt).decode("utf-8", errors="ignore")
+            key = requests[job.index].key
+            outputs[job.index] = RawOutput(
+                key, text, len(job.output), error=job.error, finish_reason=job.finish
+            )
+        return [output for output in outputs if output is not None]
 
     def choice_probabilities(
         self, requests: Sequence[GenerationRequest], choices: Sequence[str]
@@ -320,7 +429,11 @@ class LlamaCppBackend:
     def close(self) -> None:
         """Free the model and its context; the object is unusable afterwards."""
         self._constraints.clear()
-        self._outlines_model = None
+        self._batch_constraints.clear()
+        self._outlines_model = self._llg_tokenizer = None
+        decoder, self._decoder = getattr(self, "_decoder", None), None
+        if decoder is not None:
+            decoder.close()
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             llm.close()
