@@ -157,7 +157,7 @@ class LlamaCppBackend:
         n_threads: int | None = None,
         n_ctx: int = 4096,
         n_batch: int = 512,
-        parallel: int = 4,
+        parallel: int = 1,
         seed: int = 0,
         verbose: bool = False,
         llama_kwargs: Mapping[str, Any] | None = None,
