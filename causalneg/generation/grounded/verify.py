@@ -77,7 +77,7 @@ def check_substitute_type(substitute: str, span: Span) -> Verdict:
       number inside a name, "IL-18", does not count);
     - more than ``max(3, 2 x)`` the span's words ("Alex Haley" -> "Uncle Tom's Cabin: The Story of a Slave");
     - for a person, a substitute that is no person's name ("Uncle Tom's Cabin"); for anything else, a
-      substitute that spaCy reads as a person on its own ("Men's Singles" -> "Tom Hanks");
+      substitute that spaCy reads as a person on its own ("Men's Singles" -> "Tom Hanks").
 
     Other named kinds are not compared: the small NER model confuses organizations, events and works too often
     ("Women's Doubles" reads as an organization).
