@@ -26,8 +26,10 @@ backend:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -249,8 +251,18 @@ def load_labels() -> dict[str, dict[str, str]]:
     return {str(k): v for k, v in data.items()}
 
 
-def sample_key(dataset: str, query_id: str, index: int) -> str:
-    return f"{dataset}/{query_id}/{index}"
+def sample_key(dataset: str, query_id: str, text: str) -> str:
+    """A label's key: the negative's text hash, so that a label never moves to another negative after a rerun."""
+    return f"{dataset}/{query_id}/{hashlib.sha256(text.encode('utf-8')).hexdigest()[:10]}"
+
+
+def pick_samples(
+    rows: list[dict[str, Any]], n: int, seed: int = 0
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``n`` kept negatives drawn at random (seeded) from all queries, in row order: not only the first queries'."""
+    every = [(row, negative) for row in rows for negative in row["negatives"]]
+    chosen = sorted(random.Random(seed).sample(range(len(every)), min(n, len(every))))
+    return [every[i] for i in chosen]
 
 
 def samples_section(
@@ -259,9 +271,8 @@ def samples_section(
     labels = load_labels()
     lines: list[str] = []
     tally: Counter[str] = Counter()
-    picked = [(row, i, neg) for row in rows for i, neg in enumerate(row["negatives"])][:n]
-    for number, (row, i, negative) in enumerate(picked, start=1):
-        key = sample_key(name, row["query_id"], i)
+    for number, (row, negative) in enumerate(pick_samples(rows, n), start=1):
+        key = sample_key(name, row["query_id"], negative["text"])
         label = labels.get(key, {})
         tally[label.get("label", "unlabelled")] += 1
         edit = negative["edit"]
@@ -271,6 +282,7 @@ def samples_section(
             else f'drop sentence "{edit["original"]}"'
         )
         answers = dataset.answers.get(row["query_id"], [])
+        positive_id = negative.get("positive_id", row["positive_id"])
         lines += [
             f"#### {name} sample {number} (`{key}`)",
             f"- **query**: {query_text[row['query_id']]}"
@@ -280,7 +292,7 @@ def samples_section(
             f"- **edit**: {change}; judge P(yes) {negative.get('judge_p_yes')}; "
             f"cos(q, neg) {negative.get('similarity', {}).get('query_negative')} vs cos(q, pos) "
             f"{negative.get('similarity', {}).get('query_positive')}",
-            f"- **positive** (`{row['positive_id']}`): {dataset.corpus[row['positive_id']].full_text}",
+            f"- **positive** (`{positive_id}`): {dataset.corpus[positive_id].full_text}",
             f"- **negative**: {negative['text']}",
             f"- **label**: {label.get('label', 'unlabelled')}"
             + (f" — {label['note']}" if label.get("note") else ""),

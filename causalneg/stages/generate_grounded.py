@@ -32,6 +32,7 @@ def grounded_settings(cfg: DictConfig) -> GroundedSettings:
     gen = cfg.generation
     return GroundedSettings(
         num_negatives=int(gen.num_negatives),
+        min_kept=int(gen.get("min_kept", 2)),
         max_spans=int(gen.max_spans),
         max_sentences=int(gen.max_sentences),
         min_overlap=float(gen.min_overlap),

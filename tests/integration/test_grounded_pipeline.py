@@ -188,3 +188,32 @@ def test_a_positive_with_no_evidence_is_counted_not_sent(tmp_path: Path) -> None
     result = run_grounded([item], backend, RequestStore(tmp_path / "j.jsonl"), _settings())
     assert result.rows == [{"query_id": "q2", "positive_id": "p2", "negatives": []}]
     assert result.counts["rejections"] == {"no_evidence": 1} and backend.sent == []
+
+
+def test_the_next_positive_is_edited_while_fewer_than_min_kept(tmp_path: Path) -> None:
+    second = PASSAGE.replace("Unbreakable (film).", "Unbreakable (2000 film).")
+    item = GroundedItem(ITEM.query_id, ITEM.query, (("p1", PASSAGE), ("p2", second)), ITEM.answers)
+    enough = run_grounded([item], ScriptedBackend(), RequestStore(tmp_path / "a.jsonl"), _settings())
+    assert {n["positive_id"] for n in enough.rows[0]["negatives"]} == {"p1"}  # two kept from p1: enough
+    assert enough.counts["stats"]["positives/edited"] == 1
+    settings = GroundedSettings(
+        progress=False, num_negatives=3, min_kept=3, verify=VerifyConfig(relative_margin=None)
+    )
+    more = run_grounded([item], ScriptedBackend(), RequestStore(tmp_path / "b.jsonl"), settings)
+    negatives = more.rows[0]["negatives"]
+    assert more.counts["stats"]["positives/edited"] == 2 and len(negatives) == 3  # num_negatives caps at 3
+    assert [n["positive_id"] for n in negatives] == ["p1", "p1", "p2"]
+    assert more.rows[0]["positive_id"] == "p1"
+
+
+def test_the_sentence_stating_the_answer_is_dropped_by_code(tmp_path: Path) -> None:
+    item = GroundedItem(
+        ITEM.query_id, ITEM.query, ITEM.positives, ("Touchstone Pictures",), titles=("Unbreakable (film)",)
+    )
+    settings = _settings(judge=False)
+    result = run_grounded([item], ScriptedBackend(), RequestStore(tmp_path / "j.jsonl"), settings)
+    negatives = result.rows[0]["negatives"]
+    assert [n.get("requirement_source") for n in negatives] == ["answer"]
+    assert "Touchstone" not in negatives[0]["text"] and negatives[0]["strategy_type"] == "relation_break"
+    # the swap leaves the answer's sentence as it was; the LLM's sentence drop leaves the answer
+    assert result.counts["rejections"] == {"answer_context_kept": 1, "answer_leak": 1}

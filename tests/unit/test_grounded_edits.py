@@ -238,3 +238,124 @@ def test_a_surname_is_replaced_only_by_a_persons_surname() -> None:
     assert E.remaining_mentions(title.text, span, "Uncle Tom's Cabin") == ["Haley"]  # rejected: mention_left
     person = E.replace_mentions(text, span, "Toni Morrison")
     assert "Morrison said" in person.text and person.mentions == 2
+
+
+@pytest.mark.parametrize(
+    ("span", "substitute", "target"),
+    [
+        ("HSV-2 lesions", "HSV-1 lesions", ("HSV-2", "HSV-1")),  # a shared frame
+        ("1952 in Kingston", "1967 in Kingston", ("1952", "1967")),
+        ("IL-18 mRNA expression", "IL-22", ("IL-18", "IL-22")),  # a code for the span's code
+        ("Rpl38 expression", "Rpl37", ("Rpl38", "Rpl37")),
+        ("Bruce Willis", "Tom Hanks", ("Bruce Willis", "Tom Hanks")),  # nothing shared: the whole span
+        (  # cores of more than two words: the whole span
+            "Meriwether Lewis and William Clark",
+            "Legends of the Lewis and Clark",
+            ("Meriwether Lewis and William Clark", "Legends of the Lewis and Clark"),
+        ),
+    ],
+)
+def test_edit_target_reduces_to_the_changed_part(span: str, substitute: str, target: tuple[str, str]) -> None:
+    assert E.edit_target(span, substitute) == target
+
+
+def test_a_reduced_edit_replaces_every_bare_mention() -> None:
+    text = "Recurrences of HSV-2 lesions were common. HSV-2 shedding was measured in 40 women."
+    edit = E.replace_mentions(text, Span("HSV-2 lesions", "noun_phrase", 0), "HSV-1 lesions")
+    assert "HSV-2" not in edit.text and edit.mentions == 2 and edit.original == "HSV-2"
+    assert E.remaining_mentions(edit.text, Span("HSV-2 lesions", "noun_phrase", 0), "HSV-1 lesions") == []
+
+
+def test_a_defined_abbreviation_is_a_mention() -> None:
+    text = (
+        "Induced pluripotent stem cells (iPSCs) were derived. iPSCs expressed OCT4, and each iPSC line was "
+        "tested. In castration-resistant prostate cancer (CRPC), CRPC cells grew."
+    )
+    cells = Span("Induced pluripotent stem cells", "noun_phrase", 0)
+    assert E.abbreviations(text, cells.text) == ["iPSCs"]
+    edit = E.replace_mentions(text, cells, "embryonic stem cells")
+    assert "iPSC" not in edit.text and "(" not in edit.text.split("In castration")[0]
+    assert edit.text.startswith("embryonic stem cells were derived. embryonic stem cells expressed OCT4")
+    assert edit.mentions == 3 and edit.aliases == ("iPSCs",)
+    cancer = E.replace_mentions(text, Span("castration-resistant prostate cancer", "noun_phrase", 0), "gout")
+    assert "CRPC" not in cancer.text and "In gout, gout cells grew." in cancer.text
+    assert E.abbreviations("A film (2009) by OCT (Oxford)", "film") == []  # not abbreviations
+
+
+def test_a_persons_name_with_middle_names_is_a_mention() -> None:
+    text = "Lucy Gichuhi is a senator. Lucy Muringo Gichuhi was born in Kenya. Gichuhi moved in 1986."
+    edit = E.replace_mentions(text, Span("Lucy Gichuhi", "person", 0), "Penny Wong")
+    assert "Lucy" not in edit.text and "Gichuhi" not in edit.text
+    assert "Penny Wong was born in Kenya. Wong moved" in edit.text
+    assert edit.aliases == ("Lucy Muringo Gichuhi",)
+    title = "Brian Stepanek. Brian Patrick Stepanek (born 1971) is an actor."
+    edit = E.replace_mentions(title, Span("Brian Patrick Stepanek", "person", 0), "Tom Hanks")
+    assert edit.text == "Tom Hanks. Tom Hanks (born 1971) is an actor."
+
+
+def test_drop_sentences_removes_each() -> None:
+    sentences = split_sentences(PASSAGE)
+    edit = E.drop_sentences(PASSAGE, sentences[1:3])
+    assert edit.text == f"{sentences[0]} {sentences[3]}" and edit.mentions == 2
+
+
+def test_substitute_that_brings_back_a_rare_query_word_of_the_span_is_invalid() -> None:
+    span = Span("Meriwether Lewis and William Clark", "person", 0)
+    query = (
+        "The Lewis and Clark Memorial Column is dedicated to Meriwether Lewis, leader of which expedition?"
+    )
+    df = {"lewis": 0.004, "clark": 0.003}
+    verdict = check_substitute(
+        "Legends of the Lewis and Clark", span, query, [], "", lambda t: df.get(t, 0.5)
+    )
+    assert verdict.reason == "substitute_invalid" and "keeps the query's" in verdict.detail
+    # a reduced edit keeps its frame by design: "HSV-1 lesions" for "HSV-2 lesions"
+    lesions = Span("HSV-2 lesions", "noun_phrase", 0)
+    assert check_substitute("HSV-1 lesions", lesions, "HSV-2 lesions recur", [], "", lambda t: 0.001).kept
+
+
+def test_number_ranges_count_as_numbers() -> None:
+    span = Span("2009-2014", "date", 0)
+    assert check_substitute_type("2010-2015", span).kept
+    assert check_substitute_type("recently", span).reason == "substitute_type"
+    assert check_substitute_type("H3K9me4", Span("H3K9me3/2", "noun_phrase", 0)).kept  # digits inside a name
+
+
+TITLED = (
+    "1998 Wimbledon Championships – Men's Singles. Pete Sampras was the defending champion, and he "
+    "successfully defended his title, defeating Goran Ivanišević in the final."
+)
+
+
+def test_an_edit_of_the_title_alone_is_rejected() -> None:
+    title = "1998 Wimbledon Championships – Men's Singles"
+    query = "What was the nickname of the winner of the Men's Singles title during the 1998 Wimbledon Championships?"
+    span = Span("Men's Singles", "event", 0)
+    edit = E.replace_mentions(TITLED, span, "Grand Slam")
+    verdict = check_edit(edit, TITLED, query, [], "entity_shift", span, VerifyConfig(), title=title)
+    assert verdict.reason == "title_only"
+    assert check_edit(edit, TITLED, query, [], "entity_shift", span, VerifyConfig()).kept  # no title known
+    winner = Span("Pete Sampras", "person", 0)
+    swap = E.replace_mentions(TITLED, winner, "Andre Agassi")  # a body edit
+    assert check_edit(swap, TITLED, query, [], "entity_shift", winner, VerifyConfig(), title=title).kept
+
+
+def test_an_edit_that_leaves_the_answer_in_its_sentence_is_rejected() -> None:
+    title = "Curaçao Centre for Correction and Detention"
+    passage = (
+        f"{title}. It is the only prison on the Caribbean island of Curaçao. At the Dissolution of the "
+        "Netherlands Antilles on 10 October 2010 the prison changed its name once more."
+    )
+    query = "The prison changed its name at the dissolution of a Caribbean country on what date?"
+    span = Span("Caribbean", "place", 0)
+    edit = E.replace_mentions(passage, span, "Pacific")
+    answers = ["10 October 2010"]
+    cfg = VerifyConfig()
+    assert check_edit(edit, passage, query, answers, "entity_shift", span, cfg, title=title).reason == (
+        "answer_context_kept"
+    )
+    assert check_edit(edit, passage, query, [], "entity_shift", span, cfg, title=title).kept  # no answers
+    # the passage's subject (its title) changed: the answer may stay (an entity swap)
+    island = Span("Curaçao", "place", 0)
+    subject = E.replace_mentions(passage, island, "Aruba")
+    assert check_edit(subject, passage, query, answers, "entity_shift", island, cfg, title=title).kept

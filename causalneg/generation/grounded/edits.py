@@ -3,9 +3,15 @@
 Two operations:
 
 - :func:`replace_mentions`: every mention of a span becomes a substitute. Mentions are matched case-insensitively
-  on word boundaries, with whitespace runs and a possessive ``'s`` tolerated; for a person's name the surname
-  alone is a mention too ("Willis" for "Bruce Willis"), replaced by the substitute's surname (when the
-  substitute is a person's name itself).
+  on word boundaries, with whitespace runs and a possessive ``'s`` tolerated. Also mentions:
+  - for a person's name, the name with middle names ("Lucy Muringo Gichuhi" for "Lucy Gichuhi", "Brian Stepanek"
+    for "Brian Patrick Stepanek"), replaced by the substitute, and the surname alone ("Willis" for "Bruce
+    Willis"), replaced by the substitute's surname (when the substitute is a person's name itself);
+  - an abbreviation the passage defines right after a mention ("castration-resistant prostate cancer (CRPC)"):
+    the parenthesis goes, and every later "CRPC" (or plural "iPSCs" / singular "iPSC") becomes the substitute.
+  When span and substitute differ in only a part, that part is what is replaced (:func:`edit_target`):
+  "HSV-2 lesions" -> "HSV-1 lesions" replaces every "HSV-2", and "IL-18 mRNA expression" -> "IL-22" every
+  "IL-18", so that no bare mention of the changed entity survives.
 - :func:`drop_sentence`: the sentence that carries the evidence is removed.
 
 :func:`remaining_mentions` tells what is left of a replaced span: its full form, the surname of a person, and
@@ -43,6 +49,7 @@ class Edit:
     original: str  # the replaced span, or the dropped sentence
     replacement: str  # the substitute ('' for a drop)
     mentions: int  # occurrences changed
+    aliases: tuple[str, ...] = ()  # other forms replaced too: abbreviations, name variants
 
     def changed_fraction(self, before: str) -> float:
         """Share of the original passage's characters the edit touched (a size bound for verification)."""
@@ -55,7 +62,7 @@ def _pattern(phrase: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w]){body}(?![\w])", re.IGNORECASE)
 
 
-def _surname(name: str) -> str | None:
+def surname_of(name: str) -> str | None:
     words = name.split()
     if len(words) < 2:
         return None
@@ -65,18 +72,117 @@ def _surname(name: str) -> str | None:
     return last if len(last) >= 3 and last[0].isupper() else None
 
 
+_ABBREVIATION = re.compile(r"\s*\(([A-Za-z][A-Za-z0-9-]{1,9})\)")
+_CODE_PREFIX = re.compile(r"[A-Za-z]+")
+MAX_CORE_WORDS = 2  # a shared frame reduces the edit only to a core this short ("HSV-2" in "HSV-2 lesions")
+
+
+def _is_code(word: str) -> bool:
+    """A gene-, protein- or model-like token: letters and digits ("IL-18", "Rpl38", "CDX2")."""
+    return any(c.isdigit() for c in word) and any(c.isalpha() for c in word)
+
+
+def edit_target(span_text: str, substitute: str) -> tuple[str, str]:
+    """``(target, replacement)``: the part of ``span_text`` that ``substitute`` changes, and what replaces it.
+
+    - Shared leading/trailing words are a frame: "HSV-2 lesions" -> "HSV-1 lesions" gives ("HSV-2", "HSV-1"),
+      "1952 in Kingston" -> "1967 in Kingston" gives ("1952", "1967"), when both cores have 1-2 words.
+    - A one-token code for a code of the span with the same letters: "IL-18 mRNA expression" -> "IL-22" gives
+      ("IL-18", "IL-22"); the 1.5B often names the entity inside a phrase.
+    - Otherwise the whole span and the whole substitute.
+    """
+    a, b = span_text.split(), substitute.split()
+    head = 0
+    while head < min(len(a), len(b)) and a[head].lower() == b[head].lower():
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail].lower() == b[-1 - tail].lower():
+        tail += 1
+    core_a, core_b = a[head : len(a) - tail], b[head : len(b) - tail]
+    if (head or tail) and 1 <= len(core_a) <= MAX_CORE_WORDS and 1 <= len(core_b) <= MAX_CORE_WORDS:
+        target = " ".join(core_a)
+        if content_tokens(target):
+            return target, " ".join(core_b)
+    if len(b) == 1 and _is_code(b[0]) and len(a) > 1:
+        prefix = _CODE_PREFIX.match(b[0])
+        same = [
+            w.strip(",;:()")
+            for w in a
+            if _is_code(w)
+            and prefix
+            and (m := _CODE_PREFIX.match(w))
+            and m.group(0).lower() == prefix.group(0).lower()
+        ]
+        if len(same) == 1:
+            return same[0], b[0]
+    return span_text, substitute
+
+
+def abbreviations(text: str, phrase: str) -> list[str]:
+    """Abbreviations ``text`` defines right after a mention of ``phrase``: "... cancer (CRPC)" -> ["CRPC"].
+
+    An abbreviation has 2-10 characters with at least two capitals (so "(film)" or "(2009)" are not).
+    """
+    found = []
+    for match in _pattern(phrase).finditer(text):
+        defined = _ABBREVIATION.match(text, match.end())
+        if defined and sum(c.isupper() for c in defined.group(1)) >= 2:
+            found.append(defined.group(1))
+    return list(dict.fromkeys(found))
+
+
+def _abbreviation_pattern(abbreviation: str) -> re.Pattern[str]:
+    """The abbreviation with its plural ("iPSC" / "iPSCs"), case-sensitive, on word boundaries."""
+    stem = (
+        abbreviation[:-1]
+        if abbreviation.endswith("s") and sum(c.isupper() for c in abbreviation) >= 2
+        else abbreviation
+    )
+    return re.compile(rf"(?<![\w]){re.escape(stem)}s?(?![\w])")
+
+
+def _name_variants(name: str) -> re.Pattern[str] | None:
+    """A person's name with 0-2 other capitalised words between first name and surname."""
+    words, surname = name.split(), surname_of(name)
+    if surname is None or len(words) < 2:
+        return None
+    middle = r"(?:\s+[A-Z][\w.'’-]*){0,2}"
+    return re.compile(rf"(?<![\w]){re.escape(words[0])}{middle}\s+{re.escape(surname)}(?![\w])")
+
+
 def replace_mentions(text: str, span: Span, substitute: str) -> Edit:
-    """Replace every mention of ``span`` (and, for a person, of the surname alone) with ``substitute``."""
+    """Replace every mention of ``span`` (module docstring: the changed part, name variants, surname alone,
+    defined abbreviations) with ``substitute``."""
     substitute = " ".join(substitute.split())
-    new, count = _pattern(span.text).subn(lambda _m: substitute, text)
-    surname = _surname(span.text) if span.is_person else None
+    defined = abbreviations(text, span.text)
+    # A span that defines an abbreviation is replaced whole, so that its "(ABBR)" goes with it.
+    target, replacement = (span.text, substitute) if defined else edit_target(span.text, substitute)
+    pattern = _pattern(target)
+    if defined:  # "cancer (CRPC)" -> "substitute": the definition goes with the mention
+        alternatives = "|".join(re.escape(a) for a in defined)
+        pattern = re.compile(rf"{pattern.pattern}(?:\s*\((?:{alternatives})\))?", re.IGNORECASE)
+    new, count = pattern.subn(lambda _m: replacement, text)
+    aliases: list[str] = []
+    surname = surname_of(span.text) if span.is_person and target == span.text else None
+    variants = _name_variants(span.text) if surname else None
+    if variants is not None:
+
+        def variant(match: re.Match[str]) -> str:
+            aliases.append(match.group(0))
+            return replacement
+
+        new, more = variants.subn(variant, new)
+        count += more
     # Only a person's name has a surname to put in: "Cabin claimed ..." for "Haley claimed ..." is nonsense. Any
     # other substitute leaves the surname, and verification rejects the edit (mention_left).
-    substitute_surname = _surname(substitute) if looks_like_person_name(substitute) else None
+    substitute_surname = surname_of(replacement) if looks_like_person_name(replacement) else None
     if surname and substitute_surname:
         new, more = _pattern(surname).subn(lambda _m: substitute_surname, new)
         count += more
-    return Edit(new, "replace", span.text, substitute, count)
+    for abbreviation in defined:
+        new, more = _abbreviation_pattern(abbreviation).subn(lambda _m: replacement, new)
+        count += more
+    return Edit(new, "replace", target, replacement, count, tuple(dict.fromkeys([*defined, *aliases])))
 
 
 def drop_sentence(text: str, sentence: str) -> Edit:
@@ -84,6 +190,18 @@ def drop_sentence(text: str, sentence: str) -> Edit:
     sentences = split_sentences(text)
     kept = [s for s in sentences if s != sentence]
     return Edit(" ".join(kept), "drop_sentence", sentence, "", len(sentences) - len(kept))
+
+
+def drop_sentences(text: str, sentences: list[str]) -> Edit:
+    """``text`` without each of ``sentences`` (the answer-stating ones: :func:`drop_sentence` for several)."""
+    before = split_sentences(text)
+    kept = [s for s in before if s not in sentences]
+    return Edit(" ".join(kept), "drop_sentence", " ".join(sentences), "", len(before) - len(kept))
+
+
+def body_of(passage: str, title: str) -> str:
+    """``passage`` without its leading ``"title. "`` (the whole passage when it does not start with it)."""
+    return passage[len(title) + 2 :] if title and passage.startswith(f"{title}. ") else passage
 
 
 def mentions(text: str, phrase: str) -> bool:
@@ -110,7 +228,7 @@ def remaining_mentions(
     left = []
     if _pattern(span.text).search(text):
         left.append(span.text)
-    surname = _surname(span.text) if span.is_person else None
+    surname = surname_of(span.text) if span.is_person else None
     if surname and _pattern(surname).search(text) and surname.lower() not in substitute.lower():
         left.append(surname)
     if document_frequency is None:

@@ -30,6 +30,7 @@ def build_items(
             ),
             answers=tuple(dataset.answers.get(qid, [])),
             profile=profile,
+            titles=tuple(dataset.corpus[pid].title for pid in split.positives(qid) if pid in dataset.corpus),
         )
         for qid in query_ids
     ]

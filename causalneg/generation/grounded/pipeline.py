@@ -4,13 +4,16 @@ For each selected query (one at a time, so that an engine with a prefix cache, l
 system prompt and the passage across the query's calls):
 
 1. **Evidence** (no LLM): the positive's spans (:mod:`.spans`) that the query names, minus answer aliases, and
-   its sentences. Among the query's judged positives the one with the most query-side spans is edited.
+   its sentences. The query's judged positives are edited in order of their query-side spans (most first), the
+   next one only while fewer than ``min_kept`` negatives are kept (HotpotQA has two per query).
 2. **Decompose** (LLM, schema :func:`.schemas.decomposition_schema`): 2-4 requirements, each anchored to one of
    those options, with a critical flag and a break strategy. Invalid output is retried (fresh recorded seed,
    higher temperature), as in the official pipeline.
 3. **Edit** (LLM only for the substitute): per critical requirement, a span with a replacement strategy gets a
    short substitute (:class:`.schemas.Substitute`) and every mention is replaced (:func:`.edits.replace_mentions`);
-   a sentence, or a span with ``relation_break``, loses its sentence (:func:`.edits.drop_sentence`).
+   a sentence, or a span with ``relation_break``, loses its sentence (:func:`.edits.drop_sentence`). Where the
+   data set has answers and the positive states one, one more edit by code alone removes the sentences that state
+   it (the issue's "remove the sentence that carries the answer"; provenance ``requirement_source: answer``).
 4. **Verify** (:mod:`.verify`): cheap checks, then the encoder's false-negative guard, then the LLM judge.
 
 Every LLM call goes through the :class:`~causalneg.generation.store.RequestStore` (the judge's scores too), so an
@@ -35,7 +38,7 @@ from tqdm.auto import tqdm
 from causalneg.artifacts import fingerprint
 from causalneg.errors import ConfigError
 from causalneg.generation.backends.base import GenerationBackend, GenerationRequest, RawOutput, SamplingConfig
-from causalneg.generation.filters import Verdict, parse_output
+from causalneg.generation.filters import Verdict, leaked_answer, parse_output
 from causalneg.generation.grounded import edits as E
 from causalneg.generation.grounded.schemas import (
     JUDGE_CHOICES,
@@ -77,6 +80,7 @@ class GroundedSettings:
     """How the grounded method generates; ``sampling`` maps ``decompose``/``substitute`` to base sampling."""
 
     num_negatives: int = 4  # at most this many kept per query
+    min_kept: int = 2  # the next judged positive is edited while fewer than this are kept
     max_spans: int = 10  # query-side spans offered as evidence
     max_sentences: int = 8  # sentences shown (and offered) per passage
     min_overlap: float = 0.5  # share of a span's content tokens the query must name
@@ -106,6 +110,7 @@ class GroundedItem:
     positives: tuple[tuple[str, str], ...]
     answers: tuple[str, ...] = ()
     profile: str = "generic"
+    titles: tuple[str, ...] = ()  # each positive's title (its text starts with "title. "), or empty
 
 
 @dataclass
@@ -116,6 +121,7 @@ class _Evidence:
     sentences: list[str]
 
     answers: tuple[str, ...] = ()
+    title: str = ""
 
     @property
     def sentence_options(self) -> dict[str, str]:
@@ -264,11 +270,12 @@ class _Run:
         )
 
 
-def _evidence(item: GroundedItem, settings: GroundedSettings) -> _Evidence | None:
-    """The positive to edit (most query-side spans; ties: the first) with its spans and sentences."""
+def _evidences(item: GroundedItem, settings: GroundedSettings) -> list[_Evidence]:
+    """The positives that have evidence options, with their spans and sentences: most query-side spans first
+    (ties: the judged order)."""
     aliases = list(item.answers)
-    best: _Evidence | None = None
-    for positive_id, text in item.positives:
+    found = []
+    for index, (positive_id, text) in enumerate(item.positives):
         passage = " ".join(text.split())
         spans = query_side_spans(
             extract_spans(passage, settings.use_spacy),
@@ -278,10 +285,11 @@ def _evidence(item: GroundedItem, settings: GroundedSettings) -> _Evidence | Non
             settings.max_spans,
         )
         sentences = split_sentences(passage)[: settings.max_sentences]
-        evidence = _Evidence(positive_id, passage, spans, sentences, tuple(aliases))
-        if best is None or len(spans) > len(best.spans):
-            best = evidence
-    return best if best is not None and best.options else None
+        title = " ".join(item.titles[index].split()) if index < len(item.titles) else ""
+        evidence = _Evidence(positive_id, passage, spans, sentences, tuple(aliases), title)
+        if evidence.options:
+            found.append(evidence)
+    return sorted(found, key=lambda e: -len(e.spans))
 
 
 def _decompose(run: _Run, item: GroundedItem, evidence: _Evidence) -> tuple[BaseModel, RawOutput, int] | None:
@@ -360,7 +368,15 @@ def _substitute(
         run.outputs["substitute/valid"] += 1
         valid: list[str] = []
         for substitute in dict.fromkeys(x.strip() for x in parsed.substitutes):  # type: ignore[attr-defined]
-            verdict = check_substitute(substitute, span, item.query, item.answers, evidence.passage)
+            verdict = check_substitute(
+                substitute,
+                span,
+                item.query,
+                item.answers,
+                evidence.passage,
+                run.document_frequency,
+                run.settings.verify.query_df,
+            )
             if verdict.kept:
                 valid.append(substitute)
             else:
@@ -427,12 +443,43 @@ def _candidate_edits(
             edit = E.drop_sentence(evidence.passage, sentence)
             info.update(span_kind="sentence")
         edits.append({"edit": edit, "span": span, **info})
+    answer_drop = _answer_sentence_drop(item, evidence)
+    if answer_drop is not None and all(e["edit"].text != answer_drop["edit"].text for e in edits):
+        run.stats["requirements/answer_sentence"] += 1  # not when the LLM's own drop is the same edit
+        edits.append(answer_drop)
     return edits
 
 
+def _answer_sentence_drop(item: GroundedItem, evidence: _Evidence) -> dict[str, Any] | None:
+    """The positive without the body sentences that state a gold answer (None: no answer stated, or the title
+    states it, which no drop removes)."""
+    if not item.answers or (evidence.title and leaked_answer(evidence.title, item.answers, item.query)):
+        return None
+    body = E.body_of(evidence.passage, evidence.title)
+    stating = [s for s in split_sentences(body) if leaked_answer(s, item.answers, item.query) is not None]
+    if not stating:
+        return None
+    return {
+        "edit": E.drop_sentences(evidence.passage, stating),
+        "span": None,
+        "requirement": "the sentence that states the answer",
+        "requirement_index": -1,
+        "requirement_source": "answer",
+        "evidence": " / ".join(stating)[:200],
+        "strategy_type": "relation_break",
+        "span_kind": "sentence",
+    }
+
+
 def _verify(
-    run: _Run, item: GroundedItem, evidence: _Evidence, edits: list[dict[str, Any]], positive_p_yes: float
+    run: _Run,
+    item: GroundedItem,
+    evidence: _Evidence,
+    edits: list[dict[str, Any]],
+    positive_p_yes: float,
+    already: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
+    """The edits that pass every check, at most ``num_negatives - len(already)`` (``already``: kept texts)."""
     cfg = run.settings.verify
     passing: list[dict[str, Any]] = []
     for candidate in edits:
@@ -445,8 +492,9 @@ def _verify(
             candidate["strategy_type"],
             candidate["span"],
             cfg,
-            [c["edit"].text for c in passing],
+            [*already, *(c["edit"].text for c in passing)],
             run.document_frequency,
+            evidence.title,
         )
         if not verdict.kept:
             run.reject(
@@ -459,11 +507,16 @@ def _verify(
         sims = run.similarity(item.query, [evidence.passage, *[c["edit"].text for c in passing]])
     kept: list[dict[str, Any]] = []
     for i, candidate in enumerate(passing):
-        if len(kept) >= run.settings.num_negatives:
+        if len(kept) + len(already) >= run.settings.num_negatives:
             run.stats["edits/over_cap"] += 1
             continue
         edit = candidate["edit"]
-        record = {"text": edit.text, "edit": _edit_record(edit), **_provenance(candidate)}
+        record = {
+            "text": edit.text,
+            "positive_id": evidence.positive_id,
+            "edit": _edit_record(edit),
+            **_provenance(candidate),
+        }
         if sims:
             record["similarity"] = {
                 "query_negative": round(sims[i + 1], 4),
@@ -489,6 +542,7 @@ def _edit_record(edit: E.Edit) -> dict[str, Any]:
         "original": edit.original,
         "replacement": edit.replacement,
         "mentions": edit.mentions,
+        **({"aliases": list(edit.aliases)} if edit.aliases else {}),
     }
 
 
@@ -499,15 +553,31 @@ def _provenance(candidate: dict[str, Any]) -> dict[str, Any]:
 
 
 def _process(run: _Run, item: GroundedItem) -> dict[str, Any]:
-    evidence = _evidence(item, run.settings)
+    evidences = _evidences(item, run.settings)
     first_positive = item.positives[0][0] if item.positives else ""
-    if evidence is None:
+    if not evidences:
         run.reject(item, "evidence", Verdict("no_evidence", "no query-side span and no sentence"))
         return {"query_id": item.query_id, "positive_id": first_positive, "negatives": []}
-    run.stats["queries/with_query_spans"] += bool(evidence.spans)
+    kept: list[dict[str, Any]] = []
+    for evidence in evidences:
+        if len(kept) >= min(run.settings.min_kept, run.settings.num_negatives):
+            break
+        run.stats["positives/edited"] += 1
+        kept += _edit_positive(run, item, evidence, [k["text"] for k in kept])
+    negatives = [{"source": run.settings.source, "target": "positive", **k} for k in kept]
+    for negative in negatives:
+        run.stats[f"kept/{negative['strategy_type']}"] += 1
+    return {"query_id": item.query_id, "positive_id": evidences[0].positive_id, "negatives": negatives}
+
+
+def _edit_positive(
+    run: _Run, item: GroundedItem, evidence: _Evidence, already: list[str]
+) -> list[dict[str, Any]]:
+    """Decompose, edit and verify one positive of ``item`` (``already``: texts kept from other positives)."""
+    run.stats["queries/with_query_spans"] += bool(evidence.spans) and not already
     decomposed = _decompose(run, item, evidence)
     if decomposed is None:
-        return {"query_id": item.query_id, "positive_id": evidence.positive_id, "negatives": []}
+        return []
     decomposition, output, attempt = decomposed
     info: dict[str, Any] = {
         "query_id": item.query_id,
@@ -524,11 +594,7 @@ def _process(run: _Run, item: GroundedItem) -> dict[str, Any]:
     info["judge_p_yes_positive"] = round(positive_p_yes, 4)
     run.decompositions.append(info)
     edits = _candidate_edits(run, item, evidence, decomposition)
-    kept = _verify(run, item, evidence, edits, positive_p_yes)
-    negatives = [{"source": run.settings.source, "target": "positive", **k} for k in kept]
-    for negative in negatives:
-        run.stats[f"kept/{negative['strategy_type']}"] += 1
-    return {"query_id": item.query_id, "positive_id": evidence.positive_id, "negatives": negatives}
+    return _verify(run, item, evidence, edits, positive_p_yes, already)
 
 
 def run_grounded(

@@ -5,9 +5,13 @@ In order (cheap checks first; the encoder and the LLM judge only see what passed
 1. ``substitute_invalid``: the substitute equals, contains or is contained in the original span, brings in a
    word the query names (it would keep a query entity: "Republic Records" for "Capitol Records" when the query
    names both; a word shared with the original, "Records", does not count), is a gold answer alias, or is
-   already named in the passage (it would merge two entities: "Middleton is an academy in Middleton").
+   already named in the passage (it would merge two entities: "Middleton is an academy in Middleton"), or keeps a
+   rare word of the span that the query names while replacing the whole span ("Meriwether Lewis and William
+   Clark" -> "Legends of the Lewis and Clark").
    ``substitute_type``: the substitute is not the same kind of thing (:func:`check_substitute_type`).
 2. ``span_not_found``: the edit changed nothing (no mention matched).
+   ``title_only``: every mention replaced sits in the passage's title; the body still answers ("1998 Wimbledon
+   Championships - Men's Singles" -> "... - Grand Slam" over a body that reports the men's final).
 3. ``mention_left``: after a replacement, a mention of the replaced span survives: its full form, a person's
    surname, a distinctive token, or a token of it that the query names and the corpus does not use commonly
    (:func:`~causalneg.generation.grounded.edits.remaining_mentions`).
@@ -16,6 +20,9 @@ In order (cheap checks first; the encoder and the LLM judge only see what passed
    the query's entity: attribute and constraint replacements and sentence drops. An ``entity_shift`` moves the
    passage to another entity, where the answer string may legitimately remain ("The Island, directed by Michael
    Bay" with the actor swapped no longer answers "which film with actor X"); there check 3 is the rule.
+   ``answer_context_kept``: for every edit, when the positive states a gold answer, the edit left the title and
+   every sentence that states it as they were, and the answer is still there: a peripheral change ("the
+   Caribbean island of Curacao" -> "the United States island of Curacao") leaves the answer in its own context.
 5. ``edit_too_large`` / ``too_short``: the edit touched more than ``max_changed_fraction`` of the passage, or left
    fewer than ``min_words`` words.
 6. ``duplicate``: the same text as a negative already kept for the query.
@@ -33,15 +40,30 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from causalneg.generation.filters import Verdict, leaked_answer, normalize
-from causalneg.generation.grounded.edits import Edit, mentions, remaining_mentions
-from causalneg.generation.grounded.spans import Span, content_tokens, entity_kind, looks_like_person_name
+from causalneg.generation.grounded.edits import (
+    Edit,
+    body_of,
+    edit_target,
+    mentions,
+    remaining_mentions,
+    surname_of,
+)
+from causalneg.generation.grounded.spans import (
+    Span,
+    content_tokens,
+    entity_kind,
+    looks_like_person_name,
+    split_sentences,
+)
 
 REASONS = (
     "substitute_invalid",
     "substitute_type",
     "span_not_found",
+    "title_only",
     "mention_left",
     "answer_leak",
+    "answer_context_kept",
     "edit_too_large",
     "too_short",
     "duplicate",
@@ -66,7 +88,8 @@ class VerifyConfig:
 
 
 NUMERIC_KINDS = frozenset({"date", "time", "number", "quantity", "amount", "ordinal"})
-_STANDALONE_NUMBER = re.compile(r"(?<![\w-])\d+(?:[.,]\d+)*(?![\w-])")
+# A number on its own, a range ("2009-2014") included; not a digit inside a name ("IL-18", "H3K9me3/2").
+_STANDALONE_NUMBER = re.compile(r"(?<![\w/-])\d+(?:[.,–-]\d+)*(?![\w/-])")
 MAX_WORD_RATIO = 2  # a substitute may have at most max(3, 2 x the span's) words
 
 
@@ -99,7 +122,13 @@ def check_substitute_type(substitute: str, span: Span) -> Verdict:
 
 
 def check_substitute(
-    substitute: str, span: Span, query: str, answers: Sequence[str], passage: str = ""
+    substitute: str,
+    span: Span,
+    query: str,
+    answers: Sequence[str],
+    passage: str = "",
+    document_frequency: Callable[[str], float] | None = None,
+    query_df: float = 0.05,
 ) -> Verdict:
     """Is ``substitute`` a usable replacement for ``span`` in ``passage`` (different, not the query's, not an
     answer, not already in the passage, and of the same kind)?"""
@@ -108,17 +137,48 @@ def check_substitute(
         return Verdict("substitute_invalid", "empty")
     if sub == original or f" {original} " in f" {sub} " or f" {sub} " in f" {original} ":
         return Verdict("substitute_invalid", f"{substitute!r} overlaps the original {span.text!r}")
-    new_tokens = [t for t in content_tokens(substitute) if t not in set(content_tokens(span.text))]
+    span_tokens = set(content_tokens(span.text))
+    new_tokens = [t for t in content_tokens(substitute) if t not in span_tokens]
     asked = set(content_tokens(query))
     if any(
         t in asked for t in new_tokens
     ):  # "Republic Records" for "Capitol Records" when the query names both
         return Verdict("substitute_invalid", f"{substitute!r} is named by the query")
+    if document_frequency is not None and edit_target(span.text, substitute)[0] == span.text:
+        kept = [
+            t
+            for t in content_tokens(substitute)
+            if t in span_tokens and t in asked and document_frequency(t) < query_df
+        ]
+        if kept:  # the whole span goes, but its query-named name comes back
+            return Verdict("substitute_invalid", f"{substitute!r} keeps the query's {kept[0]!r}")
     if answers and leaked_answer(substitute, answers, query) is not None:
         return Verdict("substitute_invalid", f"{substitute!r} is a gold answer")
     if passage and mentions(passage, substitute):
         return Verdict("substitute_invalid", f"{substitute!r} is already in the passage")
     return check_substitute_type(substitute, span)
+
+
+def _title_only(edit: Edit, positive: str, title: str, span: Span | None) -> bool:
+    """Whether no mention the edit replaced lies in the body (after the ``title``)."""
+    if edit.operation != "replace" or not title or not positive.startswith(f"{title}. "):
+        return False
+    body = body_of(positive, title)
+    forms = [edit.original, *edit.aliases]
+    surname = surname_of(edit.original) if span is not None and span.is_person else None
+    return not any(mentions(body, f) for f in [*forms, *([surname] if surname else [])])
+
+
+def _answer_context_kept(edit: Edit, positive: str, title: str, answers: Sequence[str], query: str) -> bool:
+    """Whether the positive states a gold answer and the edit left its sentences (and the title) untouched."""
+    if leaked_answer(edit.text, answers, query) is None or leaked_answer(positive, answers, query) is None:
+        return False
+    if title and not edit.text.startswith(f"{title}. "):
+        return False  # the passage's subject changed
+    stating = [
+        s for s in split_sentences(body_of(positive, title)) if leaked_answer(s, answers, query) is not None
+    ]
+    return bool(stating) and all(s in edit.text for s in stating)
 
 
 def check_edit(
@@ -131,10 +191,13 @@ def check_edit(
     cfg: VerifyConfig,
     kept: Sequence[str] = (),
     document_frequency: Callable[[str], float] | None = None,
+    title: str = "",
 ) -> Verdict:
-    """Checks 2-6 of the module docstring for one edit of ``positive``."""
+    """Checks 2-6 of the module docstring for one edit of ``positive`` (``title``: its leading title, if any)."""
     if edit.mentions == 0 or normalize(edit.text) == normalize(positive):
         return Verdict("span_not_found", repr(edit.original[:80]))
+    if _title_only(edit, positive, title, span):
+        return Verdict("title_only", repr(edit.original[:80]))
     if edit.operation == "replace" and span is not None:
         left = remaining_mentions(
             edit.text, span, edit.replacement, document_frequency, cfg.rare_df, query, cfg.query_df
@@ -146,6 +209,8 @@ def check_edit(
         answer = leaked_answer(edit.text, answers, query)
         if answer is not None:
             return Verdict("answer_leak", repr(answer))
+    if cfg.check_answers and answers and _answer_context_kept(edit, positive, title, answers, query):
+        return Verdict("answer_context_kept", "the sentences stating the answer are untouched")
     fraction = edit.changed_fraction(positive)
     if fraction > cfg.max_changed_fraction:
         return Verdict("edit_too_large", f"{fraction:.2f} of the passage")
