@@ -25,7 +25,7 @@ from causalneg.data.batching import (
 from causalneg.data.groups import GroupSpec, QueryPool, build_pools, hold_out_diagnostic_pools
 from causalneg.data.selection import select_query_ids
 from causalneg.errors import ConfigError
-from causalneg.records import Negative, Passage, RetrievalDataset
+from causalneg.records import Negative, NegativeSource, Passage, RetrievalDataset
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,17 @@ class ResumableLoader(DataLoader):
         return None
 
 
+def generated_counts(pools: Sequence[QueryPool], source: NegativeSource) -> dict[str, int]:
+    """Kept generated negatives of ``source`` in the training pools: ``kept`` (all of them; a group draws at most
+    ``num_generated`` per query), ``queries_with_generated`` (queries with at least one) and ``queries``."""
+    per_query = [sum(1 for n in p.generated if n.source == source) for p in pools]
+    return {
+        "kept": sum(per_query),
+        "queries_with_generated": sum(1 for n in per_query if n),
+        "queries": len(pools),
+    }
+
+
 class RetrievalDataModule(L.LightningDataModule):
     def __init__(
         self, dataset: RetrievalDataset, tokenize: Tokenize, settings: DataSettings, sources: ArtifactSources
@@ -105,6 +116,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.dev_items: list[tuple[str, str]] = []
         self.dev_corpus_ids: list[str] = []
         self._dirs: dict[str, Path] = {}
+        self.generated_counts: dict[str, int] = {}  # setup(): kept generated negatives of training queries
 
     # -- artifacts -------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -145,6 +157,15 @@ class RetrievalDataModule(L.LightningDataModule):
         if not pools:
             raise ConfigError(f"no training queries with positives in split '{s.train_split}' of '{ds.name}'")
         self.train_pools, self.diagnostic_pools = self._hold_out(pools)
+        if s.spec.num_generated:
+            self.generated_counts = generated_counts(self.train_pools, s.spec.generated_source)
+            c = self.generated_counts
+            print(
+                f"[causalneg] generated negatives ({s.spec.generated_source.name.lower()}): {c['kept']} kept for "
+                f"{c['queries_with_generated']} of {c['queries']} training queries (at most "
+                f"{s.spec.num_generated} per group){'' if c['kept'] else ' -- NONE: this arm equals mined-only'}",
+                flush=True,
+            )
         if s.dev_split:
             self._setup_dev()
 

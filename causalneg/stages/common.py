@@ -88,6 +88,12 @@ def artifact_sources(
     def ensure_generated() -> Path:
         from causalneg.generation.artifact import generated_artifact_dir
 
+        explicit = cfg.data.get("generated_artifact")
+        if explicit:  # a given folder (e.g. committed negatives generated on the full corpus): used as it is
+            directory = Path(str(explicit)).expanduser()
+            if not is_complete(directory):
+                raise ConfigError(f"data.generated_artifact={directory} is not a complete generated artifact")
+            return directory
         directory = generated_artifact_dir(cfg, dataset)
         if not is_complete(directory):
             if not cfg.data.auto_generate:

@@ -200,6 +200,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if best and Path(best).is_file():
             state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
             system.load_state_dict(state)
+        if datamodule.generated_counts:
+            counts = datamodule.generated_counts  # what the CausalNeg / naive arms actually train on
+            names = {
+                "kept": "generated_kept",
+                "queries_with_generated": "generated_queries",
+                "queries": "queries",
+            }
+            log_metrics(logger, {f"data/{names[k]}": float(v) for k, v in counts.items()}, step=0)
         final = evaluate_test(system.encoder, dataset, cfg, cache)
         log_metrics(logger, {f"test/{k}": v for k, v in final.metrics.items()}, step=trainer.global_step)
         per_query = {name: final.per_query.get(name, {}) for name in ("ndcg@10", "recall@100", "mrr@10")}
