@@ -19,7 +19,15 @@ from causalneg.stages import dispatch
 from causalneg.stages.common import load_dataset
 from tests.conftest import CONF_DIR, REPO_ROOT, tiny_overrides
 
-ARMS = ("mined_only", "random_negatives", "naive_llm", "causalneg_no_entropy", "causalneg")
+ARMS = (
+    "mined_only",
+    "random_negatives",
+    "naive_llm",
+    "causalneg_no_entropy",
+    "causalneg",
+    "grounded_no_entropy",
+    "grounded",
+)
 SWEEPS = ("ablation_entropy", "ablation_entropy_weight")
 
 
@@ -63,6 +71,24 @@ def test_every_preset_composes(preset: str, tmp_path: Path, tiny_beir: Path, com
         assert cfg.regularizer.query_view_entropy.weight == pytest.approx(0.05)
     if preset == "naive_llm":
         assert cfg.generation.source == "naive_generated"
+    if preset.startswith("grounded"):
+        assert cfg.generation.method == "grounded" and cfg.data.num_generated == 3
+        assert ("query_view_entropy" in (cfg.get("regularizer") or {})) == (preset == "grounded")
+
+
+@pytest.mark.integration
+def test_ablation_entropy_runs_the_grounded_method_with_the_local_generator(compose_cfg) -> None:
+    """The headline command's CausalNeg arms are the grounded edits with Qwen2.5-Coder-1.5B on llama.cpp, on
+    HotpotQA (grounded edits need query-named spans in the positive); each method gets the grammar it needs."""
+    cfg = compose_cfg(["+experiment=ablation_entropy"], return_hydra_config=True)
+    arms = str(cfg.hydra.sweeper.params.arms).split(",")
+    assert arms == ["mined_only", "naive_llm", "grounded_no_entropy", "grounded"]
+    assert cfg.dataset.name == "hotpotqa" and cfg.data.auto_generate
+    for arm, method, grammar in (("grounded", "grounded", "llama_cpp"), ("naive_llm", "naive", "outlines")):
+        arm_cfg = compose_cfg(["+experiment=ablation_entropy", f"arms={arm}"])
+        assert arm_cfg.generation.method == method and arm_cfg.generation.backend.name == "llamacpp"
+        assert arm_cfg.generation.backend.grammar == grammar
+        assert arm_cfg.generation.model.name == "qwen_coder_1_5b"
 
 
 @pytest.mark.slow
