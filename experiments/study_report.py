@@ -1,143 +1,309 @@
-"""Markdown for the study's report: generation statistics and examples, then the compare stage's tables.
+"""Rebuild the study section of ``experiments/RESULTS.md`` from the committed results only (no MLflow, no training).
 
-    python experiments/study_report.py [--datasets hotpotqa,scifact] [run_study options] > report.md
+    python experiments/study_report.py                      # both data sets, 4 arms x 3 seeds
+    python experiments/study_report.py --print              # print the section instead of writing RESULTS.md
 
-Reads what ``experiments/run_study.py`` (same options) left under ``$CAUSALNEG_HOME``: for each data set the
-CausalNeg and naive generation artifacts (``manifest.json`` counts, ``rejected.jsonl``, ``decompositions.jsonl``,
-``rows.jsonl``) and the compare stage's ``summary.md`` / ``paired_tests.csv``. Prints, per data set: a table of
-requests, schema-valid rate, negatives kept / rejected and tokens/s per method; rejection reasons; one
-decomposition; kept and rejected negatives next to their query and positive; then the per-arm tables.
+Reads ``experiments/study/`` (:mod:`study_results`: one JSON per run, the committed generation manifests,
+``nq_stock.json``) and writes, per data set: each arm's nDCG@10 / Recall@100 / MRR@10 (mean ± sd over seeds,
+95% bootstrap interval over queries), each arm against ``mined_only`` (paired bootstrap interval over queries,
+Wilcoxon signed-rank; :mod:`causalneg.tracking.compare`), the source-shortcut diagnostics against their
+within-query permutation band, the generated negatives each arm trained on, the generation statistics, what the
+numbers say about the paper's three claims, and the plots (PNG next to RESULTS.md); then the zero-shot NQ table
+against the stock encoder. Runs that are not there yet are listed, not guessed. The section sits between
+:data:`BEGIN` and :data:`END` in RESULTS.md; the rest of the file is left as it is.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
-from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_study  # the same options and overrides as the study itself
+import numpy as np
+import pandas as pd
 
-REPO = run_study.REPO
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "experiments")]
 
+import study_results  # noqa: E402
 
-def compose(overrides: list[str]) -> Any:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+from causalneg.tracking.compare import paired_test, per_query_frame, pool_queries  # noqa: E402
+from causalneg.tracking.render import arm_order, metrics_table, paired_table  # noqa: E402
+from causalneg.tracking.report import CompareOptions, build_comparison  # noqa: E402
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="run", overrides=[*overrides, "hydra.runtime.output_dir=/tmp"])
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def clip(text: str, n: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 1] + "…"
+RESULTS = REPO / "experiments" / "RESULTS.md"
+BEGIN, END = "<!-- study:begin (experiments/study_report.py) -->", "<!-- study:end -->"
+ARMS = ("mined_only", "naive_llm", "grounded_no_entropy", "grounded")
+RETRIEVAL = ("test/ndcg@10", "test/recall@100", "test/mrr@10")
+DIAGNOSTICS = (
+    "diag/mi_knn", "diag/mi_knn_perm_p95", "diag/mi_binned", "diag/mi_binned_perm_p95", "diag/probe_auc_blind",
+    "diag/probe_auc_sim", "diag/gen_mass", "diag/gen_mass_expected", "diag/h_gen_norm", "data/generated_kept",
+    "data/generated_queries", "data/queries",
+)  # fmt: skip
+METHODS = {"grounded": "grounded edits", "naive": "naive baseline", "causalneg_official": "official format"}
 
 
-def generation_section(dataset_name: str, args: argparse.Namespace) -> list[str]:
-    from causalneg.generation.artifact import generated_artifact_dir
-    from causalneg.stages.common import load_dataset
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", default="hotpotqa,scifact")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--study", default=str(study_results.STUDY_DIR), help="committed results folder")
+    parser.add_argument("--out", default=str(RESULTS), help="the RESULTS.md to update")
+    parser.add_argument("--n-bootstrap", type=int, default=1000)
+    parser.add_argument("--print", action="store_true", help="print the section, write nothing")
+    return parser.parse_args(argv)
 
-    base = run_study.common_overrides(args, dataset_name)
-    lines = [f"### Generation on {dataset_name}", ""]
-    table = [
-        "| method | queries | requests | schema-valid | negatives kept | rejected | kept rate | queries with negatives "
-        "| output tokens/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+
+def fmt(value: Any, digits: int = 4) -> str:
+    return "–" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
+
+
+def mean_of(summary: pd.DataFrame, arm: str, metric: str) -> float:
+    rows = summary[(summary["arm"] == arm) & (summary["metric"] == metric)]
+    return float(rows["mean"].iloc[0]) if len(rows) else math.nan
+
+
+def verdict(test: Mapping[str, float], expect: str) -> str:
+    """Plain words for a paired difference: ``expect`` is "lower" or "higher" (what the paper claims)."""
+    low, high = test.get("ci_low", math.nan), test.get("ci_high", math.nan)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "not measured"
+    direction = "lower" if high < 0 else "higher" if low > 0 else None
+    if direction is None:
+        return "no difference resolved (the 95% interval includes 0)"
+    return f"{direction} ({'as the paper claims' if direction == expect else 'against the paper'})"
+
+
+def diagnostics_table(summary: pd.DataFrame, arms: Sequence[str]) -> list[str]:
+    """Per arm: MI (k-NN, binned) with the within-query permutation p95, probe AUCs, generated mass vs share."""
+    lines = [
+        "| arm | MI k-NN (perm p95) | MI binned (perm p95) | blind probe AUC | similarity probe AUC "
+        "| gen. mass (share) | H_gen / log Ng | generated negatives kept (queries) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    details: list[str] = []
-    dataset = None
-    for method in ("causalneg", "naive"):
-        cfg = compose([*base, f"generation={method}"])
-        dataset = dataset or load_dataset(cfg)
-        directory = generated_artifact_dir(cfg, dataset)
-        manifest_path = directory / "manifest.json"
-        if not manifest_path.is_file():
-            table.append(f"| {method} | (no complete artifact at {directory}) |||||||")
-            continue
-        counts = json.loads(manifest_path.read_text())["counts"]
-        table.append(
-            f"| {method} | {counts.get('queries')} | {counts.get('requests')} | {counts.get('validity_rate', 0):.1%} "
-            f"| {counts.get('negatives_kept')} | {counts.get('negatives_rejected')} | {counts.get('kept_rate', 0):.1%} "
-            f"| {counts.get('queries_with_negatives')} | {counts.get('tokens_per_s', 0):.1f} |"
-        )
-        rejected = read_jsonl(directory / "rejected.jsonl")
-        reasons = Counter(r["reason"] for r in rejected)
-        details.append(
-            f"**{method}: rejection reasons** — " + ", ".join(f"{k} {v}" for k, v in reasons.most_common())
-        )
-        details.append("")
-        split = dataset.split(str(cfg.generation.split))
-        rows = read_jsonl(directory / "rows.jsonl")
-        if method == "causalneg":
-            decompositions = read_jsonl(directory / "decompositions.jsonl")
-            if decompositions:
-                first = decompositions[0]
-                qid = first.get("query_id", "")
-                details += [
-                    f"Example decomposition (query `{qid}`: *{clip(split.queries[qid].text, 200)}*):",
-                    "",
-                    "```json",
-                    json.dumps(first.get("decomposition", first), indent=1, ensure_ascii=False)[:2500],
-                    "```",
-                    "",
-                ]
-        for row in rows[:2]:
-            qid = row["query_id"]
-            details.append(f"Kept ({method}), query *{clip(split.queries[qid].text, 200)}*:")
-            for negative in row["negatives"][:3]:
-                strategy = negative.get("strategy") or negative.get("violates") or ""
-                details.append(
-                    f"- {clip(negative['text'])}" + (f" (`{clip(str(strategy), 80)}`)" if strategy else "")
-                )
-            details.append("")
-        for reason, _ in reasons.most_common(4):
-            example = next(r for r in rejected if r["reason"] == reason)
-            detail = f": {clip(example['detail'], 120)}" if example.get("detail") else ""
-            text = clip(example.get("text") or example.get("raw") or "", 240)
-            details.append(f"Rejected ({method}, **{reason}**{detail}): {text}")
-        details.append("")
-    return [*lines, *table, "", *details]
+    for arm in arms:
+        m = {metric: mean_of(summary, arm, metric) for metric in DIAGNOSTICS}
 
+        def above(value: float, band: float) -> str:
+            return " **above**" if math.isfinite(value) and math.isfinite(band) and value > band else ""
 
-def compare_section(dataset_name: str) -> list[str]:
-    out = run_study.HOME / "study" / dataset_name / "compare"
-    lines = [f"### Retrieval and diagnostics on {dataset_name}", ""]
-    summary = out / "summary.md"
-    if not summary.is_file():
-        return [*lines, f"(no compare output at {out})", ""]
-    lines += [summary.read_text(encoding="utf-8").strip(), ""]
-    paired = out / "paired_tests.csv"
-    if paired.is_file():
-        lines += [
-            "Paired tests against the baseline arm (per query):",
-            "",
-            "```",
-            paired.read_text().strip(),
-            "```",
-            "",
-        ]
+        lines.append(
+            f"| {arm} | {fmt(m['diag/mi_knn'])} ({fmt(m['diag/mi_knn_perm_p95'])})"
+            f"{above(m['diag/mi_knn'], m['diag/mi_knn_perm_p95'])} | {fmt(m['diag/mi_binned'])} "
+            f"({fmt(m['diag/mi_binned_perm_p95'])}){above(m['diag/mi_binned'], m['diag/mi_binned_perm_p95'])} | "
+            f"{fmt(m['diag/probe_auc_blind'], 3)} | {fmt(m['diag/probe_auc_sim'], 3)} | "
+            f"{fmt(m['diag/gen_mass'], 3)} ({fmt(m['diag/gen_mass_expected'], 3)}) | {fmt(m['diag/h_gen_norm'], 3)} | "
+            f"{fmt(m['data/generated_kept'], 0)} ({fmt(m['data/generated_queries'], 0)} of "
+            f"{fmt(m['data/queries'], 0)}) |"
+        )
     return lines
 
 
+def generation_table(study: Path, dataset: str) -> list[str]:
+    lines = [
+        "| method | queries | with >= 1 kept | kept | requests per stage | output tok/s | wall s | top rejections |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for folder, label in METHODS.items():
+        path = study / dataset / folder / "manifest.json"
+        if not path.is_file():
+            lines.append(f"| {label} | not generated yet (`{path.relative_to(study.parent)}`) |||||||")
+            continue
+        c = study_results.read_json(path).get("counts", {})
+        top = sorted((c.get("rejections") or {}).items(), key=lambda kv: -kv[1])[:4]
+        stages = {k: v.get("requests") for k, v in (c.get("per_stage") or {}).items()}
+        lines.append(
+            f"| {label} | {c.get('queries')} | {c.get('queries_with_negatives')} | {c.get('negatives_kept')} | "
+            f"{stages} | {c.get('tokens_per_s')} | {c.get('wall_seconds')} | "
+            f"{', '.join(f'{k} {v}' for k, v in top)} |"
+        )
+    return lines
+
+
+def paired_on_queries(
+    per_query: pd.DataFrame, metric: str, arm: str, baseline: str, n: int
+) -> dict[str, float]:
+    pooled = pool_queries(per_query, metric)
+    if arm not in pooled.columns or baseline not in pooled.columns:
+        return {}
+    return paired_test(pooled[arm].to_numpy(), pooled[baseline].to_numpy(), n_bootstrap=n)
+
+
+def claims(comparison: Any, n: int) -> list[str]:
+    """The paper's three claims, each against the measured paired differences."""
+    tests = comparison.tests
+    ndcg = tests[tests["metric"] == "test/ndcg@10"].set_index("arm")
+
+    def diff(arm: str) -> dict[str, float]:
+        return ndcg.loc[arm].to_dict() if arm in ndcg.index else {}
+
+    def said(test: Mapping[str, float]) -> str:
+        if not test:
+            return "not measured"
+        return f"Δ nDCG@10 {fmt(test['mean_diff'])} [{fmt(test['ci_low'])}, {fmt(test['ci_high'])}]"
+
+    entropy = paired_on_queries(comparison.per_query, "test/ndcg@10", "grounded", "grounded_no_entropy", n)
+    mi_on = mean_of(comparison.summary, "grounded", "diag/mi_knn")
+    mi_off = mean_of(comparison.summary, "grounded_no_entropy", "diag/mi_knn")
+    mi_words = "not measured"
+    if math.isfinite(mi_on) and math.isfinite(mi_off):
+        lower = "lower" if mi_on < mi_off else "not lower"
+        mi_words = f"MI k-NN {fmt(mi_on)} with the term vs {fmt(mi_off)} without ({lower})"
+    return [
+        f"1. *Naive generated negatives hurt* (naive_llm vs mined_only): {said(diff('naive_llm'))}: "
+        f"{verdict(diff('naive_llm'), 'lower')}.",
+        f"2. *Counterfactual negatives help* (grounded_no_entropy vs mined_only): {said(diff('grounded_no_entropy'))}: "
+        f"{verdict(diff('grounded_no_entropy'), 'higher')}.",
+        f"3. *The entropy term lowers the source MI and helps retrieval* (grounded vs grounded_no_entropy): "
+        f"{mi_words}; {said(entropy)}: {verdict(entropy, 'higher')}.",
+    ]
+
+
+def dataset_section(args: argparse.Namespace, dataset: str, plots: Path) -> list[str]:
+    study = Path(args.study)
+    arms, seeds = [a for a in args.arms.split(",") if a], [s for s in args.seeds.split(",") if s]
+    records = [r for r in study_results.load_runs(study, dataset) if r["arm"] in arms]
+    missing = study_results.missing_runs(study, dataset, arms, seeds)
+    lines = [f"### {dataset}", ""]
+    if missing:
+        lines += [
+            f"Missing runs ({len(missing)}): " + ", ".join(f"{a} seed {s}" for a, s in missing) + ".",
+            "",
+        ]
+    lines += [
+        "Generated negatives (committed under `experiments/study/`):",
+        "",
+        *generation_table(study, dataset),
+        "",
+    ]
+    if not records:
+        return [*lines, "No finished runs yet: `python experiments/run_study.py`.", ""]
+    run_records = [study_results.to_run_record(r) for r in records]
+    stock = study_results.stock_record(records)
+    options = CompareOptions(
+        f"study-{dataset}", metrics=(*RETRIEVAL, *DIAGNOSTICS), n_bootstrap=args.n_bootstrap
+    )
+    comparison = build_comparison([*run_records, *([stock] if stock else [])], options)
+    order = [a for a in arm_order(comparison.summary["arm"], "mined_only") if a != "stock"]
+    order += ["stock"] if stock else []
+    scale = sorted({str(r.get("scale")) for r in records})
+    hours = sum(float(r.get("seconds") or 0.0) for r in records) / 3600
+    lines += [
+        f"Retrieval on the test split (every test query, sub-sampled corpus; scale {', '.join(scale)}): mean ± sd "
+        "over seeds [95% bootstrap interval over queries]; `stock` is the starting all-MiniLM-L6-v2.",
+        "",
+        metrics_table(comparison.summary, RETRIEVAL, order),
+        "",
+        f"Compute: {len(records)} training runs, {hours:.2f} h in all (training and test evaluations; the "
+        "generation's wall time is in the table above).",
+        "",
+        "Each arm against `mined_only`, per query (seeds averaged): paired bootstrap 95% interval, Wilcoxon "
+        "signed-rank p.",
+        "",
+        paired_table(comparison.tests, [a for a in order if a not in ("mined_only", "stock")]),
+        "",
+        "Source-shortcut diagnostics (final validation, held-out groups; mean over seeds; **above** = outside the "
+        "within-query permutation band):",
+        "",
+        *diagnostics_table(comparison.summary, [a for a in order if a != "stock"]),
+        "",
+        "What the numbers show about the paper's claims:",
+        "",
+        *claims(comparison, args.n_bootstrap),
+        "",
+    ]
+    from causalneg.diagnostics.plots import metric_by_arm, save_figure, shortcut_by_arm
+
+    for name, figure in (
+        ("ndcg", metric_by_arm(comparison.summary, "test/ndcg@10", order)),
+        ("shortcut", shortcut_by_arm(comparison.summary, [a for a in order if a != "stock"])),
+    ):
+        if not args.print:
+            save_figure(figure, plots / f"study_{dataset}_{name}.png")
+        lines.append(f"![{dataset} {name}](study_{dataset}_{name}.png)")
+    return [*lines, ""]
+
+
+def nq_section(args: argparse.Namespace) -> list[str]:
+    """Every trained encoder zero-shot on NQ-open against the stock encoder; arms below stock are named."""
+    study = Path(args.study)
+    stock_path = study / "nq_stock.json"
+    lines = ["### Zero-shot on NQ-open (`nq_open_oracle`, every test question)", ""]
+    if not stock_path.is_file():
+        return [*lines, "The stock encoder's NQ run is missing (`nq_stock.json`).", ""]
+    stock = study_results.to_run_record(study_results.read_json(stock_path), part="nq")
+    stock_ndcg = stock.metrics.get("test/ndcg@10", math.nan)
+    lines += [
+        f"Stock all-MiniLM-L6-v2: nDCG@10 {fmt(stock_ndcg)}.",
+        "",
+        "| trained on | arm | runs | nDCG@10 mean ± sd | Δ vs stock [95% CI over queries] | Wilcoxon p "
+        "| below stock? |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    below = []
+    for dataset in args.datasets.split(","):
+        records = [r for r in study_results.load_runs(study, dataset) if r.get("nq")]
+        runs = [study_results.to_run_record(r, part="nq") for r in records]
+        per_query = per_query_frame([*runs, stock], ["test/ndcg@10"])
+        for arm in arm_order({r.arm for r in runs}, "mined_only"):
+            values = np.array([r.metrics.get("test/ndcg@10", math.nan) for r in runs if r.arm == arm])
+            test = paired_on_queries(per_query, "test/ndcg@10", arm, "stock", args.n_bootstrap)
+            worse = bool(np.nanmean(values) < stock_ndcg)
+            if worse:
+                significant = test and test["ci_high"] < 0
+                below.append(f"{dataset}/{arm}" + (" (significant)" if significant else " (within noise)"))
+            sd = f" ± {fmt(np.std(values, ddof=1))}" if values.size > 1 else ""
+            lines.append(
+                f"| {dataset} | {arm} | {values.size} | {fmt(np.nanmean(values))}{sd} | "
+                f"{fmt(test.get('mean_diff'))} [{fmt(test.get('ci_low'))}, {fmt(test.get('ci_high'))}] | "
+                f"{fmt(test.get('p_value'), 3)} | {'**yes**' if worse else 'no'} |"
+            )
+    lines += ["", f"Below stock on NQ: {', '.join(below)}." if below else "No arm is below stock on NQ.", ""]
+    return lines
+
+
+def build_section(args: argparse.Namespace, plots: Path) -> str:
+    lines = [BEGIN, "## Study: HotpotQA and SciFact, grounded edits (issue 13)", ""]
+    lines += [
+        "Rebuilt by `python experiments/study_report.py` from `experiments/study/` (runs by "
+        "`python experiments/run_study.py`); Qwen2.5-Coder-1.5B-Instruct Q4_K_M on llama.cpp as the generator, "
+        "all-MiniLM-L6-v2 as the encoder.",
+        "",
+    ]
+    for dataset in args.datasets.split(","):
+        lines += dataset_section(args, dataset, plots)
+    return "\n".join([*lines, *nq_section(args), END]) + "\n"
+
+
+def replace_section(text: str, section: str) -> str:
+    """``text`` with the study section replaced (or inserted before "## Machine and versions", else appended)."""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        return head + section.rstrip("\n") + rest.split(END, 1)[1]
+    anchor = "## Machine and versions"
+    if anchor in text:
+        head, tail = text.split(anchor, 1)
+        return f"{head}{section}\n{anchor}{tail}"
+    return text.rstrip("\n") + "\n\n" + section
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = run_study.parse_args(argv)
-    lines: list[str] = []
-    for name in args.datasets.split(","):
-        lines += generation_section(name, args)
-        lines += compare_section(name)
-    print("\n".join(lines))
+    args = parse_args(argv)
+    out = Path(args.out)
+    section = build_section(args, out.parent)
+    if args.print:
+        print(section)
+        return 0
+    out.write_text(
+        replace_section(out.read_text(encoding="utf-8") if out.is_file() else "", section), "utf-8"
+    )
+    print(f"[study_report] wrote the study section of {out}")
     return 0
 
 
