@@ -203,10 +203,12 @@ def probe(
     for qid in query_ids:
         if not generated.get(qid):
             continue
-        for text in generated[qid]:
-            texts.append(text), labels.append(True), groups.append(qid)
-        for pid, _ in mined.get(qid, [])[:num_mined]:
-            texts.append(dataset.corpus[pid].full_text), labels.append(False), groups.append(qid)
+        examples = [(text, True) for text in generated[qid]]
+        examples += [(dataset.corpus[pid].full_text, False) for pid, _ in mined.get(qid, [])[:num_mined]]
+        for text, is_generated in examples:
+            texts.append(text)
+            labels.append(is_generated)
+            groups.append(qid)
     if len(set(groups)) < 5:
         return {
             "auc": float("nan"),
@@ -232,14 +234,15 @@ def probe(
 
 def seconds_per_query(journal: Path, query_ids: set[str]) -> float | None:
     """Wall time per query from the journal (each record's share of its backend call), grounded stages only."""
-    per_query: Counter[str] = Counter()
+    per_query: dict[str, float] = {}
     for record in read_jsonl(journal):
         if record.get("query_id") in query_ids and record.get("stage") in (
             "decompose",
             "substitute",
             "judge",
         ):
-            per_query[record["query_id"]] += float(record.get("seconds", 0.0))
+            qid = record["query_id"]
+            per_query[qid] = per_query.get(qid, 0.0) + float(record.get("seconds", 0.0))
     return round(sum(per_query.values()) / len(per_query), 2) if per_query else None
 
 
