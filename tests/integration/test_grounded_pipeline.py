@@ -217,3 +217,44 @@ def test_the_sentence_stating_the_answer_is_dropped_by_code(tmp_path: Path) -> N
     assert "Touchstone" not in negatives[0]["text"] and negatives[0]["strategy_type"] == "relation_break"
     # the swap leaves the answer's sentence as it was; the LLM's sentence drop leaves the answer
     assert result.counts["rejections"] == {"answer_context_kept": 1, "answer_leak": 1}
+
+
+class MoreBackend(ScriptedBackend):
+    """Names "Tom Hanks" when asked for more substitutes than "Samuel L. Jackson"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.more_turns: list[list[dict[str, str]]] = []
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], schema: type[BaseModel], sampling: SamplingConfig
+    ) -> list[RawOutput]:
+        outputs = []
+        for request in requests:
+            if "more real" not in request.messages[-1]["content"]:
+                outputs.extend(super().generate([request], schema, sampling))
+                continue
+            self.sent.append(request.key)
+            self.more_turns.append(list(request.messages))
+            outputs.append(
+                RawOutput(request.key, json.dumps({"substitutes": ["Samuel L. Jackson", "Tom Hanks"]}), 10)
+            )
+        return outputs
+
+
+def test_a_query_short_of_min_kept_asks_for_more_substitutes_of_an_editable_span(tmp_path: Path) -> None:
+    settings = GroundedSettings(progress=False, min_kept=3, verify=VerifyConfig(relative_margin=None))
+    backend = MoreBackend()
+    result = run_grounded([ITEM], backend, RequestStore(tmp_path / "j.jsonl"), settings)
+    (turn,) = backend.more_turns
+    assert [m["role"] for m in turn] == ["system", "user", "assistant", "user"]
+    assert json.loads(turn[2]["content"]) == {"substitutes": ["Samuel L. Jackson"]}
+    swaps = [
+        n["edit"]["replacement"] for n in result.rows[0]["negatives"] if n["strategy_type"] == "entity_shift"
+    ]
+    assert swaps == ["Samuel L. Jackson", "Tom Hanks"]  # the repeated one is not applied twice
+    assert result.counts["stats"]["substitutes/repeated"] == 1
+    # with enough kept (the default min_kept=2), nothing more is asked
+    enough = MoreBackend()
+    run_grounded([ITEM], enough, RequestStore(tmp_path / "k.jsonl"), _settings())
+    assert enough.more_turns == []

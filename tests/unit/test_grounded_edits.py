@@ -293,6 +293,19 @@ def test_a_persons_name_with_middle_names_is_a_mention() -> None:
     assert edit.text == "Tom Hanks. Tom Hanks (born 1971) is an actor."
 
 
+def test_a_reduced_edit_keeps_its_frame_without_a_mention_left() -> None:
+    passage = "Kenan & Kel. Kenan & Kel is a sitcom created by Kim Bass for Nickelodeon in 1996."
+    query = "Who is the writer for a sitcom created by Kim Bass for Nickelodeon?"
+    span = Span("Kim Bass", "person", 0)
+    edit = E.replace_mentions(passage, span, "Kim Davis")
+    assert (edit.original, edit.replacement) == ("Bass", "Davis") and "created by Kim Davis" in edit.text
+    rare = {"kim": 0.001}
+    verdict = check_edit(
+        edit, passage, query, [], "entity_shift", span, VerifyConfig(), (), lambda t: rare.get(t, 0.5)
+    )
+    assert verdict.kept, verdict
+
+
 def test_drop_sentences_removes_each() -> None:
     sentences = split_sentences(PASSAGE)
     edit = E.drop_sentences(PASSAGE, sentences[1:3])

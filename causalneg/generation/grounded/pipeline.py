@@ -340,13 +340,26 @@ def _substitute_feedback(span: Span, kind: str, query: str, rejected: list[str])
     )
 
 
+# Asked when a query has fewer than min_kept negatives and a span proved editable: more of the same kind.
+MORE_SUBSTITUTES = (
+    "Good. Now name one or two more real {kind}s of the same type as {span}, different from {used}. Answer in "
+    'JSON: {{"substitutes": [...]}}.'
+)
+
+
 def _substitute(
-    run: _Run, item: GroundedItem, evidence: _Evidence, span: Span, requirement: str
+    run: _Run,
+    item: GroundedItem,
+    evidence: _Evidence,
+    span: Span,
+    requirement: str,
+    used: Sequence[str] = (),
 ) -> tuple[list[str], RawOutput] | None:
     """Up to :data:`MAX_SUBSTITUTES` valid substitutes for ``span`` (invalid ones are rejected with a reason).
 
     A retry after a parsed answer whose substitutes were all invalid gets that answer and
-    :data:`SUBSTITUTE_FEEDBACK` as two more turns of the conversation.
+    :data:`SUBSTITUTE_FEEDBACK` as two more turns of the conversation. With ``used`` (substitutes already
+    applied), the conversation continues with :data:`MORE_SUBSTITUTES` instead, as its own journaled request.
     """
     kind = KIND_WORDS.get(span.kind, span.kind)
     messages = run.messages(
@@ -358,9 +371,22 @@ def _substitute(
         requirement=requirement,
         forbidden=list(item.answers),
     )
+    if used:
+        messages += [
+            {"role": "assistant", "content": json.dumps({"substitutes": list(used)})},
+            {
+                "role": "user",
+                "content": MORE_SUBSTITUTES.format(
+                    kind=kind, span=json.dumps(span.text), used=", ".join(json.dumps(u) for u in used)
+                ),
+            },
+        ]
     rejected: list[str] = []
+    base = messages
     for attempt in range(run.settings.max_retries + 1):
-        output = run.call("substitute", attempt, Substitute, item, messages, tag=span.text)
+        output = run.call(
+            "substitute", attempt, Substitute, item, messages, tag=f"{span.text}#more" if used else span.text
+        )
         parsed, verdict = parse_output(output, Substitute)
         if parsed is None:
             run.reject(item, "substitute", verdict, attempt=attempt, span=span.text, raw=output.text)
@@ -368,6 +394,9 @@ def _substitute(
         run.outputs["substitute/valid"] += 1
         valid: list[str] = []
         for substitute in dict.fromkeys(x.strip() for x in parsed.substitutes):  # type: ignore[attr-defined]
+            if substitute.lower() in {u.lower() for u in used}:
+                run.stats["substitutes/repeated"] += 1
+                continue
             verdict = check_substitute(
                 substitute,
                 span,
@@ -386,7 +415,7 @@ def _substitute(
             return valid, output
         feedback = _substitute_feedback(span, kind, item.query, list(dict.fromkeys(rejected)))
         messages = [
-            *messages[:2],
+            *base,
             {"role": "assistant", "content": output.text},
             {"role": "user", "content": feedback},
         ]
@@ -429,11 +458,7 @@ def _candidate_edits(
             "strategy_type": strategy,
         }
         if span is not None and operation == "replace":
-            found = _substitute(run, item, evidence, span, requirement["requirement"])
-            for substitute in found[0] if found else []:
-                edit = E.replace_mentions(evidence.passage, span, substitute)
-                provenance = {**info, "span_kind": span.kind, "substitute_request_key": found[1].key}  # type: ignore[index]
-                edits.append({"edit": edit, "span": span, **provenance})
+            edits += _substitute_edits(run, item, evidence, span, info)
             continue
         else:
             sentence = sentence_options.get(requirement["evidence"])
@@ -448,6 +473,52 @@ def _candidate_edits(
         run.stats["requirements/answer_sentence"] += 1  # not when the LLM's own drop is the same edit
         edits.append(answer_drop)
     return edits
+
+
+def _substitute_edits(
+    run: _Run,
+    item: GroundedItem,
+    evidence: _Evidence,
+    span: Span,
+    info: dict[str, Any],
+    used: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """One replacement edit per valid substitute of ``span`` (``used``: ask for others than these)."""
+    found = _substitute(run, item, evidence, span, info["requirement"], used)
+    if found is None:
+        return []
+    substitutes, output = found
+    provenance = {**info, "span_kind": span.kind, "substitute_request_key": output.key}
+    return [
+        {"edit": E.replace_mentions(evidence.passage, span, x), "span": span, "substitute": x, **provenance}
+        for x in substitutes
+    ]
+
+
+def _more_edits(
+    run: _Run,
+    item: GroundedItem,
+    evidence: _Evidence,
+    edits: list[dict[str, Any]],
+    kept: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """For each span that already gave a kept replacement: edits with substitutes other than those tried."""
+    spans = {s.text: s for s in evidence.spans}
+    more: list[dict[str, Any]] = []
+    for text in dict.fromkeys(
+        k["span"] for k in kept if k["edit"]["operation"] == "replace" and k.get("span")
+    ):
+        if text not in spans:
+            continue
+        tried = [e["substitute"] for e in edits if e.get("span") is spans[text] and "substitute" in e]
+        info = next(
+            {k: e[k] for k in ("requirement", "requirement_index", "evidence", "strategy_type")}
+            for e in edits
+            if e.get("span") is spans[text]
+        )
+        run.stats["substitutes/more_requests"] += 1
+        more += _substitute_edits(run, item, evidence, spans[text], info, tried)
+    return more
 
 
 def _answer_sentence_drop(item: GroundedItem, evidence: _Evidence) -> dict[str, Any] | None:
@@ -594,7 +665,11 @@ def _edit_positive(
     info["judge_p_yes_positive"] = round(positive_p_yes, 4)
     run.decompositions.append(info)
     edits = _candidate_edits(run, item, evidence, decomposition)
-    return _verify(run, item, evidence, edits, positive_p_yes, already)
+    kept = _verify(run, item, evidence, edits, positive_p_yes, already)
+    if kept and len(already) + len(kept) < run.settings.min_kept:
+        more = _more_edits(run, item, evidence, edits, kept)
+        kept += _verify(run, item, evidence, more, positive_p_yes, [*already, *(k["text"] for k in kept)])
+    return kept
 
 
 def run_grounded(

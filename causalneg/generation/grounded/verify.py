@@ -199,8 +199,14 @@ def check_edit(
     if _title_only(edit, positive, title, span):
         return Verdict("title_only", repr(edit.original[:80]))
     if edit.operation == "replace" and span is not None:
+        # A reduced edit ("Bass" -> "Davis" for "Kim Bass" -> "Kim Davis") keeps the frame's words on purpose.
+        whole = (
+            span.text.replace(edit.original, edit.replacement)
+            if edit.original != span.text
+            else edit.replacement
+        )
         left = remaining_mentions(
-            edit.text, span, edit.replacement, document_frequency, cfg.rare_df, query, cfg.query_df
+            edit.text, span, whole, document_frequency, cfg.rare_df, query, cfg.query_df
         )
         if left:
             return Verdict("mention_left", ", ".join(repr(m) for m in left))
