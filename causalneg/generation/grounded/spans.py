@@ -354,7 +354,8 @@ def query_side_spans(
 
 
 def extractor_version() -> str:
-    """What determines the spans: this module's and the edit module's code and the spaCy pipeline's version."""
+    """What determines the kept edits besides the config and the LLM's answers: the code of this package's
+    modules (spans, edits, verification, pipeline, inputs) and the spaCy pipeline's version."""
     from pathlib import Path
 
     from causalneg.artifacts import fingerprint
@@ -362,7 +363,10 @@ def extractor_version() -> str:
     here = Path(__file__).parent
     nlp = _spacy_pipeline()
     parts = {
-        "code": {name: (here / name).read_text(encoding="utf-8") for name in ("spans.py", "edits.py")},
+        "code": {
+            name: (here / name).read_text(encoding="utf-8")
+            for name in ("spans.py", "edits.py", "verify.py", "pipeline.py", "inputs.py")
+        },
         "spacy": None if nlp is None else f"{nlp.meta.get('name')}-{nlp.meta.get('version')}",
     }
     return fingerprint(parts)[:16]
