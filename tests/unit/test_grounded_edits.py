@@ -322,6 +322,9 @@ def test_substitute_that_brings_back_a_rare_query_word_of_the_span_is_invalid() 
         "Legends of the Lewis and Clark", span, query, [], "", lambda t: df.get(t, 0.5)
     )
     assert verdict.reason == "substitute_invalid" and "keeps the query's" in verdict.detail
+    # a code sibling shares a token, not a word: "caspase-12" for "caspase-11" is a substitute
+    caspase = Span("caspase-11", "noun_phrase", 0)
+    assert check_substitute("caspase-12", caspase, "caspase-11 is essential", [], "", lambda t: 0.001).kept
     # a reduced edit keeps its frame by design: "HSV-1 lesions" for "HSV-2 lesions"
     lesions = Span("HSV-2 lesions", "noun_phrase", 0)
     assert check_substitute("HSV-1 lesions", lesions, "HSV-2 lesions recur", [], "", lambda t: 0.001).kept

@@ -145,10 +145,14 @@ def check_substitute(
     ):  # "Republic Records" for "Capitol Records" when the query names both
         return Verdict("substitute_invalid", f"{substitute!r} is named by the query")
     if document_frequency is not None and edit_target(span.text, substitute)[0] == span.text:
+        # whole words shared with the span ("caspase-12" shares no word with "caspase-11", only a token)
+        shared = {w.strip(",;:.()").lower() for w in span.text.split()} & {
+            w.strip(",;:.()").lower() for w in substitute.split()
+        }
         kept = [
             t
-            for t in content_tokens(substitute)
-            if t in span_tokens and t in asked and document_frequency(t) < query_df
+            for t in content_tokens(" ".join(sorted(shared)))
+            if t in asked and document_frequency(t) < query_df
         ]
         if kept:  # the whole span goes, but its query-named name comes back
             return Verdict("substitute_invalid", f"{substitute!r} keeps the query's {kept[0]!r}")
