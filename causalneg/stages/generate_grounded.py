@@ -33,6 +33,7 @@ def grounded_settings(cfg: DictConfig) -> GroundedSettings:
     return GroundedSettings(
         num_negatives=int(gen.num_negatives),
         min_kept=int(gen.get("min_kept", 2)),
+        fallback_spans=int(gen.get("fallback_spans", 2)),
         max_spans=int(gen.max_spans),
         max_sentences=int(gen.max_sentences),
         min_overlap=float(gen.min_overlap),

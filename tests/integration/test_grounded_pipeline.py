@@ -35,6 +35,9 @@ def _req(requirement: str, evidence: str, strategy: str, critical: bool | None =
     return out if critical is None else {**out, "critical": critical}
 
 
+SUBSTITUTES = {"Unbreakable": "Glass", "Touchstone Pictures": "Miramax Films"}
+
+
 class ScriptedBackend:
     """Decomposes into (Bruce Willis: entity_shift, sentence 3: relation_break, Unbreakable: attribute_shift),
     substitutes "Samuel L. Jackson" / "Glass", and judges: the positive 0.8, any passage without "Bruce Willis"
@@ -63,9 +66,8 @@ class ScriptedBackend:
                     }
                 )
             else:
-                text = json.dumps(
-                    {"substitutes": ["Glass"] if '"Unbreakable"' in user else ["Samuel L. Jackson"]}
-                )
+                named = next((v for k, v in SUBSTITUTES.items() if f'"{k}"' in user), "Samuel L. Jackson")
+                text = json.dumps({"substitutes": [named]})
             outputs.append(RawOutput(request.key, text, 10))
         return outputs
 
@@ -258,3 +260,19 @@ def test_a_query_short_of_min_kept_asks_for_more_substitutes_of_an_editable_span
     enough = MoreBackend()
     run_grounded([ITEM], enough, RequestStore(tmp_path / "k.jsonl"), _settings())
     assert enough.more_turns == []
+
+
+def test_a_query_short_of_min_kept_tries_query_named_spans_no_requirement_anchored(tmp_path: Path) -> None:
+    query = "What is the name of Bruce Willis's character in Unbreakable, released by Touchstone Pictures?"
+    item = GroundedItem("q3", query, ITEM.positives)  # no answers: the edit need not touch its sentence
+    settings = GroundedSettings(
+        progress=False, min_kept=3, fallback_spans=2, verify=VerifyConfig(relative_margin=None, judge=False)
+    )
+    result = run_grounded([item], ScriptedBackend(), RequestStore(tmp_path / "j.jsonl"), settings)
+    fallback = [n for n in result.rows[0]["negatives"] if n.get("requirement_source") == "query_span"]
+    assert [n["span"] for n in fallback] == ["Touchstone Pictures"]  # "Unbreakable" was judged not critical
+    assert "by Miramax Films" in fallback[0]["text"] and fallback[0]["strategy_type"] == "entity_shift"
+    assert result.counts["stats"]["requirements/query_span_fallback"] == 1
+    none = GroundedSettings(progress=False, min_kept=3, fallback_spans=0, verify=settings.verify)
+    again = run_grounded([item], ScriptedBackend(), RequestStore(tmp_path / "k.jsonl"), none)
+    assert not any(n.get("requirement_source") == "query_span" for n in again.rows[0]["negatives"])

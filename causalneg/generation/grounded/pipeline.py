@@ -14,6 +14,9 @@ system prompt and the passage across the query's calls):
    a sentence, or a span with ``relation_break``, loses its sentence (:func:`.edits.drop_sentence`). Where the
    data set has answers and the positive states one, one more edit by code alone removes the sentences that state
    it (the issue's "remove the sentence that carries the answer"; provenance ``requirement_source: answer``).
+   A query still short of ``min_kept`` kept negatives gets, once per span that gave a kept edit, a request for
+   other substitutes, then substitutes for up to ``fallback_spans`` query-named spans that no critical
+   requirement anchored (``requirement_source: query_span``).
 4. **Verify** (:mod:`.verify`): cheap checks, then the encoder's false-negative guard, then the LLM judge.
 
 Every LLM call goes through the :class:`~causalneg.generation.store.RequestStore` (the judge's scores too), so an
@@ -45,6 +48,7 @@ from causalneg.generation.grounded.schemas import (
     MAX_REQUIREMENTS,
     MIN_REQUIREMENTS,
     REPLACE_STRATEGIES,
+    REQUIREMENT_CHARS,
     JudgeAnswer,
     Substitute,
     decomposition_schema,
@@ -59,6 +63,7 @@ from causalneg.generation.grounded.spans import (
     split_sentences,
 )
 from causalneg.generation.grounded.verify import (
+    NUMERIC_KINDS,
     VerifyConfig,
     check_edit,
     check_judge,
@@ -81,6 +86,9 @@ class GroundedSettings:
 
     num_negatives: int = 4  # at most this many kept per query
     min_kept: int = 2  # the next judged positive is edited while fewer than this are kept
+    fallback_spans: int = (
+        2  # query-named spans no requirement anchored, tried while fewer than min_kept are kept
+    )
     max_spans: int = 10  # query-side spans offered as evidence
     max_sentences: int = 8  # sentences shown (and offered) per passage
     min_overlap: float = 0.5  # share of a span's content tokens the query must name
@@ -669,7 +677,30 @@ def _edit_positive(
     if kept and len(already) + len(kept) < run.settings.min_kept:
         more = _more_edits(run, item, evidence, edits, kept)
         kept += _verify(run, item, evidence, more, positive_p_yes, [*already, *(k["text"] for k in kept)])
+    # spans already edited, or judged not critical by the decomposition (breaking them keeps the passage relevant)
+    tried = {e["span"].text for e in edits if e.get("span") is not None}
+    tried |= {r["evidence"] for r in requirements_of(decomposition) if not r["critical"]}
+    for span in [s for s in evidence.spans if s.text not in tried][: run.settings.fallback_spans]:
+        if len(already) + len(kept) >= run.settings.min_kept:
+            break
+        extra = _fallback_edits(run, item, evidence, span)
+        kept += _verify(run, item, evidence, extra, positive_p_yes, [*already, *(k["text"] for k in kept)])
     return kept
+
+
+def _fallback_edits(run: _Run, item: GroundedItem, evidence: _Evidence, span: Span) -> list[dict[str, Any]]:
+    """Replacement edits of a query-named span that no critical requirement anchored (a query short of
+    ``min_kept``): the query names it, so another entity or value in its place breaks what the query asks."""
+    numeric = span.kind in NUMERIC_KINDS or any(c.isdigit() for c in span.text)
+    info = {
+        "requirement": f"the query's {KIND_WORDS.get(span.kind, span.kind)} {span.text}"[:REQUIREMENT_CHARS],
+        "requirement_index": -1,
+        "requirement_source": "query_span",
+        "evidence": span.text,
+        "strategy_type": "constraint_violation" if numeric else "entity_shift",
+    }
+    run.stats["requirements/query_span_fallback"] += 1
+    return _substitute_edits(run, item, evidence, span, info)
 
 
 def run_grounded(
