@@ -3,6 +3,8 @@
     python experiments/bench_generation.py --model smollm2 --n 32
     python experiments/bench_generation.py --model qwen_coder_1_5b --n 32 --backends transformers,vllm
     python experiments/bench_generation.py --model qwen_coder_1_5b --n 8 --backends llamacpp,vllm --threads 2
+    python experiments/bench_generation.py --model qwen_coder_1_5b --n 6 --threads 2 \
+        --backends llamacpp,llamacpp:parallel=6,vllm     # two llama.cpp settings against vLLM in one run
 
 Every backend runs the whole CausalNeg path (decompose -> perturb -> filter, helper code from
 ``causalneg.generation``) on the same ``--n`` HotpotQA training queries (``../shared/data/
@@ -147,8 +149,13 @@ def kept_valid_share(result: Any, journal: Path, schema: Any) -> tuple[int, int]
     return ok, total
 
 
-def run_backend(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    """One backend over the same selected queries; returns timings, counts and load averages."""
+def run_backend(spec: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """One backend over the same selected queries; returns timings, counts and load averages.
+
+    ``spec`` is a backend name, optionally with options of its own after a colon, ``+``-separated
+    (``llamacpp:parallel=6``), applied after the ``--*-option`` ones: one run can compare two settings.
+    """
+    name, _, own = spec.partition(":")
     import torch
     from omegaconf import OmegaConf
 
@@ -174,6 +181,7 @@ def run_backend(name: str, args: argparse.Namespace, root: Path) -> dict[str, An
     else:
         overrides.append(f"generation.flush_every={args.transformers_batch}")
         overrides.append(f"generation.backend.batch_size={args.transformers_batch}")
+    overrides += [f"generation.backend.{kv}" for kv in own.split("+") if kv]
     cfg = compose(args.model, name, args.n, root, overrides)
     torch.set_num_threads(args.threads)
     dataset = load_dataset(cfg)
@@ -184,7 +192,7 @@ def run_backend(name: str, args: argparse.Namespace, root: Path) -> dict[str, An
     start = time.perf_counter()
     backend = TimedBackend(build_backend(cfg.generation))
     startup = time.perf_counter() - start
-    journal = root / f"journal-{name}.jsonl"
+    journal = root / f"journal-{spec.replace(':', '_').replace('=', '-').replace('+', '_')}.jsonl"
     try:
         if args.only_decompose:
             result = decompose_only(items, backend, pipeline_settings(cfg))
@@ -199,7 +207,8 @@ def run_backend(name: str, args: argparse.Namespace, root: Path) -> dict[str, An
     stage_schema = (naive_schema if args.method == "naive" else perturbation_schema)(args.num_negatives)
     ok, total = kept_valid_share(result, journal, stage_schema)
     return {
-        "backend": name,
+        "backend": spec,
+        "engine": name,
         "options": OmegaConf.to_container(cfg.generation.backend, resolve=True),
         "startup_s": startup,
         "seconds": dict(backend.seconds),
@@ -250,12 +259,15 @@ def print_tables(results: list[dict[str, Any]]) -> None:
             f"{r['backend']:<13}{c['negatives_kept']:>6}{c['negatives_rejected']:>10}{c['kept_rate']:>11.1%}"
             f"{f'{ok}/{total}':>12}  {c['rejections']}"
         )
-    by = {r["backend"]: r for r in results}
-    for first, second in RATIOS:
-        if first not in by or second not in by:
-            continue
-        v, t = by[first], by[second]
-        print(f"\n{first} / {second}")
+    pairs = [
+        (v, t)
+        for first, second in RATIOS
+        for v in results
+        for t in results
+        if v.get("engine", v["backend"]) == first and t.get("engine", t["backend"]) == second
+    ]
+    for v, t in pairs:
+        print(f"\n{v['backend']} / {t['backend']}")
         for stage in [*(x for x in STAGES if v["requests"].get(x) and t["requests"].get(x)), "all"]:
             keys = [stage] if stage != "all" else list(STAGES)
             req = [sum(x["requests"].get(k, 0) for k in keys) for x in (v, t)]
