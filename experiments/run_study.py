@@ -44,7 +44,7 @@ sys.path[:0] = [str(REPO), str(REPO / "experiments")]
 import grounded_check  # noqa: E402  (the generation overrides, journal sync and artifact copy are its own)
 import study_results  # noqa: E402
 
-ARMS = ("mined_only", "naive_llm", "grounded_no_entropy", "grounded")
+ARMS = study_results.ARMS
 ARM_METHOD = {"naive_llm": "naive", "grounded_no_entropy": "grounded", "grounded": "grounded"}
 OFFICIAL = "causalneg_official"  # artifact folder of the official-format method (generation=causalneg)
 DEFAULT_QUERIES = 256
@@ -53,12 +53,7 @@ STUDY = study_results.STUDY_DIR
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--datasets", default="hotpotqa,scifact")
-    parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--seeds", default="0,1,2")
+    parser = study_results.study_parser(__doc__)
     parser.add_argument("--queries", type=int, default=DEFAULT_QUERIES, help="training queries per data set")
     parser.add_argument("--naive-queries", type=int, default=None, help="naive negatives for (default: all)")
     parser.add_argument(

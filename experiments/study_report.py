@@ -36,7 +36,7 @@ from causalneg.tracking.report import CompareOptions, build_comparison  # noqa: 
 
 RESULTS = REPO / "experiments" / "RESULTS.md"
 BEGIN, END = "<!-- study:begin (experiments/study_report.py) -->", "<!-- study:end -->"
-ARMS = ("mined_only", "naive_llm", "grounded_no_entropy", "grounded")
+ARMS = study_results.ARMS
 RETRIEVAL = ("test/ndcg@10", "test/recall@100", "test/mrr@10")
 DIAGNOSTICS = (
     "diag/mi_knn", "diag/mi_knn_perm_p95", "diag/mi_binned", "diag/mi_binned_perm_p95", "diag/probe_auc_blind",
@@ -47,12 +47,7 @@ METHODS = {"grounded": "grounded edits", "naive": "naive baseline", "causalneg_o
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--datasets", default="hotpotqa,scifact")
-    parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--seeds", default="0,1,2")
+    parser = study_results.study_parser(__doc__)
     parser.add_argument("--study", default=str(study_results.STUDY_DIR), help="committed results folder")
     parser.add_argument("--out", default=str(RESULTS), help="the RESULTS.md to update")
     parser.add_argument("--n-bootstrap", type=int, default=1000)

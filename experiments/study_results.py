@@ -17,6 +17,7 @@ MLflow: the report and the tests build everything from these files.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +30,18 @@ STUDY_DIR = Path(__file__).resolve().parent / "study"
 KEPT_PREFIXES = ("test/", "test_start/", "diag/", "data/")
 PER_QUERY_METRICS = ("ndcg@10", "recall@100", "mrr@10")
 DIGITS = 5
+
+
+ARMS = ("mined_only", "naive_llm", "grounded_no_entropy", "grounded")
+
+
+def study_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options the study's scripts share: ``--datasets``, ``--arms``, ``--seeds``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="hotpotqa,scifact")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--seeds", default="0,1,2")
+    return parser
 
 
 def run_json_path(study_dir: Path, dataset: str, arm: str, seed: int | str) -> Path:
