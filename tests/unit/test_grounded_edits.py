@@ -248,6 +248,7 @@ def test_a_surname_is_replaced_only_by_a_persons_surname() -> None:
         ("IL-18 mRNA expression", "IL-22", ("IL-18", "IL-22")),  # a code for the span's code
         ("Rpl38 expression", "Rpl37", ("Rpl38", "Rpl37")),
         ("Bruce Willis", "Tom Hanks", ("Bruce Willis", "Tom Hanks")),  # nothing shared: the whole span
+        ("Kim Bass", "Kim Davis", ("Bass", "Davis")),
         (  # cores of more than two words: the whole span
             "Meriwether Lewis and William Clark",
             "Legends of the Lewis and Clark",
@@ -257,6 +258,21 @@ def test_a_surname_is_replaced_only_by_a_persons_surname() -> None:
 )
 def test_edit_target_reduces_to_the_changed_part(span: str, substitute: str, target: tuple[str, str]) -> None:
     assert E.edit_target(span, substitute) == target
+
+
+def test_a_persons_first_name_alone_is_not_a_target() -> None:
+    assert E.edit_target("Edward Stafford", "Diana Stafford", person=True) == (
+        "Edward Stafford",
+        "Diana Stafford",
+    )
+    assert E.edit_target("Kim Bass", "Kim Davis", person=True) == ("Bass", "Davis")  # the surname is
+    text = "Edward Stafford was the son of Mary Stanley, daughter of Edward Stanley."
+    edit = E.replace_mentions(text, Span("Edward Stafford", "person", 0), "Diana Stafford")
+    assert "Edward Stanley" in edit.text and edit.text.startswith("Diana Stafford")
+
+
+def test_a_placeholder_is_no_substitute() -> None:
+    assert check_substitute("John Doe", SPAN, QUERY, []).reason == "substitute_invalid"
 
 
 def test_a_reduced_edit_replaces_every_bare_mention() -> None:

@@ -82,16 +82,22 @@ def _is_code(word: str) -> bool:
     return any(c.isdigit() for c in word) and any(c.isalpha() for c in word)
 
 
-def edit_target(span_text: str, substitute: str) -> tuple[str, str]:
+def edit_target(span_text: str, substitute: str, person: bool = False) -> tuple[str, str]:
     """``(target, replacement)``: the part of ``span_text`` that ``substitute`` changes, and what replaces it.
 
     - Shared leading/trailing words are a frame: "HSV-2 lesions" -> "HSV-1 lesions" gives ("HSV-2", "HSV-1"),
       "1952 in Kingston" -> "1967 in Kingston" gives ("1952", "1967"), when both cores have 1-2 words.
     - A one-token code for a code of the span with the same letters: "IL-18 mRNA expression" -> "IL-22" gives
       ("IL-18", "IL-22"); the 1.5B often names the entity inside a phrase.
-    - Otherwise the whole span and the whole substitute.
+    - Otherwise the whole span and the whole substitute; also for a ``person`` whose surname is kept (a first
+      name alone would replace other people's: "Edward" in "Edward Stanley").
     """
     a, b = span_text.split(), substitute.split()
+    if person and len(a) > 1 and a[-1].lower() == b[-1].lower():
+        return (
+            span_text,
+            substitute,
+        )  # "Edward Stafford" -> "Diana Stafford": a first name is no entity of its own
     head = 0
     while head < min(len(a), len(b)) and a[head].lower() == b[head].lower():
         head += 1
@@ -156,7 +162,9 @@ def replace_mentions(text: str, span: Span, substitute: str) -> Edit:
     substitute = " ".join(substitute.split())
     defined = abbreviations(text, span.text)
     # A span that defines an abbreviation is replaced whole, so that its "(ABBR)" goes with it.
-    target, replacement = (span.text, substitute) if defined else edit_target(span.text, substitute)
+    target, replacement = (
+        (span.text, substitute) if defined else edit_target(span.text, substitute, span.is_person)
+    )
     pattern = _pattern(target)
     if defined:  # "cancer (CRPC)" -> "substitute": the definition goes with the mention
         alternatives = "|".join(re.escape(a) for a in defined)

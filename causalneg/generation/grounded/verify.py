@@ -5,7 +5,8 @@ In order (cheap checks first; the encoder and the LLM judge only see what passed
 1. ``substitute_invalid``: the substitute equals, contains or is contained in the original span, brings in a
    word the query names (it would keep a query entity: "Republic Records" for "Capitol Records" when the query
    names both; a word shared with the original, "Records", does not count), is a gold answer alias, or is
-   already named in the passage (it would merge two entities: "Middleton is an academy in Middleton"), or keeps a
+   already named in the passage (it would merge two entities: "Middleton is an academy in Middleton"), is a
+   placeholder ("John Doe"), or keeps a
    rare word of the span that the query names while replacing the whole span ("Meriwether Lewis and William
    Clark" -> "Legends of the Lewis and Clark").
    ``substitute_type``: the substitute is not the same kind of thing (:func:`check_substitute_type`).
@@ -87,6 +88,20 @@ class VerifyConfig:
     judge_margin: float = 0.0  # the negative must score below the positive's P(yes) minus this
 
 
+# Names that stand for no one: a substitute must be a real entity of the span's kind.
+PLACEHOLDERS = frozenset(
+    {
+        "john doe",
+        "jane doe",
+        "john smith",
+        "jane smith",
+        "joe bloggs",
+        "unknown",
+        "placeholder",
+        "example",
+        "n a",
+    }
+)
 NUMERIC_KINDS = frozenset({"date", "time", "number", "quantity", "amount", "ordinal"})
 # A number on its own, a range ("2009-2014") included; not a digit inside a name ("IL-18", "H3K9me3/2").
 _STANDALONE_NUMBER = re.compile(r"(?<![\w/-])\d+(?:[.,–-]\d+)*(?![\w/-])")
@@ -144,7 +159,9 @@ def check_substitute(
         t in asked for t in new_tokens
     ):  # "Republic Records" for "Capitol Records" when the query names both
         return Verdict("substitute_invalid", f"{substitute!r} is named by the query")
-    if document_frequency is not None and edit_target(span.text, substitute)[0] == span.text:
+    if normalize(substitute) in PLACEHOLDERS:
+        return Verdict("substitute_invalid", f"{substitute!r} is a placeholder, not a real entity")
+    if document_frequency is not None and edit_target(span.text, substitute, span.is_person)[0] == span.text:
         # whole words shared with the span ("caspase-12" shares no word with "caspase-11", only a token)
         shared = {w.strip(",;:.()").lower() for w in span.text.split()} & {
             w.strip(",;:.()").lower() for w in substitute.split()
