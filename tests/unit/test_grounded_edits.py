@@ -218,6 +218,8 @@ def test_a_substitute_the_passage_already_names_would_merge_two_entities() -> No
         ("Uncle Tom's Cabin: The Story of a Slave", Span("Alex Haley", "person", 0), "substitute_type"),
         ("Toni Morrison", Span("Alex Haley", "person", 0), None),
         ("caspase-12", Span("caspase-11", "noun_phrase", 0), None),
+        ("RNA", Span("Sall4", "noun_phrase", 0), "substitute_type"),  # a code for a code
+        ("Prdm13", Span("Prdm14", "noun_phrase", 0), None),
     ],
 )
 def test_check_substitute_type_shape_rules(substitute: str, span: Span, reason: str | None) -> None:

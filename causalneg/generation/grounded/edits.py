@@ -77,7 +77,7 @@ _CODE_PREFIX = re.compile(r"[A-Za-z]+")
 MAX_CORE_WORDS = 2  # a shared frame reduces the edit only to a core this short ("HSV-2" in "HSV-2 lesions")
 
 
-def _is_code(word: str) -> bool:
+def is_code(word: str) -> bool:
     """A gene-, protein- or model-like token: letters and digits ("IL-18", "Rpl38", "CDX2")."""
     return any(c.isdigit() for c in word) and any(c.isalpha() for c in word)
 
@@ -109,12 +109,12 @@ def edit_target(span_text: str, substitute: str, person: bool = False) -> tuple[
         target = " ".join(core_a)
         if content_tokens(target):
             return target, " ".join(core_b)
-    if len(b) == 1 and _is_code(b[0]) and len(a) > 1:
+    if len(b) == 1 and is_code(b[0]) and len(a) > 1:
         prefix = _CODE_PREFIX.match(b[0])
         same = [
             w.strip(",;:()")
             for w in a
-            if _is_code(w)
+            if is_code(w)
             and prefix
             and (m := _CODE_PREFIX.match(w))
             and m.group(0).lower() == prefix.group(0).lower()

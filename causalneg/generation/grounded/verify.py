@@ -45,6 +45,7 @@ from causalneg.generation.grounded.edits import (
     Edit,
     body_of,
     edit_target,
+    is_code,
     mentions,
     remaining_mentions,
     surname_of,
@@ -113,6 +114,8 @@ def check_substitute_type(substitute: str, span: Span) -> Verdict:
 
     - no number for a number, a date or a span with a number of its own ("2009 film" -> "Geethanjali"; a
       number inside a name, "IL-18", does not count);
+    - no code for a one-word code of letters and digits (a gene, a protein: "Sall4" -> "RNA", "Irg1" ->
+      "brainstem"; "Prdm14" -> "Prdm13" is one);
     - more than ``max(3, 2 x)`` the span's words ("Alex Haley" -> "Uncle Tom's Cabin: The Story of a Slave");
     - for a person, a substitute that is no person's name ("Uncle Tom's Cabin"); for anything else, a
       substitute that spaCy reads as a person on its own ("Men's Singles" -> "Tom Hanks").
@@ -124,6 +127,10 @@ def check_substitute_type(substitute: str, span: Span) -> Verdict:
         substitute
     ):
         return Verdict("substitute_type", f"{substitute!r} for {span.text!r}: the number is gone")
+    if is_code(span.text) and " " not in span.text.strip() and not any(c.isdigit() for c in substitute):
+        return Verdict(
+            "substitute_type", f"{substitute!r} for the code {span.text!r}: no code"
+        )  # "Sall4" -> "RNA"
     words, limit = len(substitute.split()), max(3, MAX_WORD_RATIO * len(span.text.split()))
     if words > limit:
         return Verdict("substitute_type", f"{substitute!r}: {words} words for {span.text!r}")
