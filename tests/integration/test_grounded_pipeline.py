@@ -276,3 +276,11 @@ def test_a_query_short_of_min_kept_tries_query_named_spans_no_requirement_anchor
     none = GroundedSettings(progress=False, min_kept=3, fallback_spans=0, verify=settings.verify)
     again = run_grounded([item], ScriptedBackend(), RequestStore(tmp_path / "k.jsonl"), none)
     assert not any(n.get("requirement_source") == "query_span" for n in again.rows[0]["negatives"])
+
+
+def test_no_answer_sentence_drop_when_the_title_names_the_answer() -> None:
+    from causalneg.generation.grounded.pipeline import _about_the_answer
+
+    assert _about_the_answer("Gerald McRaney", ["Gerald Lee McRaney"])
+    assert not _about_the_answer("Chuck Taylor (wrestler)", ["15"])
+    assert not _about_the_answer("", ["Gerald Lee McRaney"])

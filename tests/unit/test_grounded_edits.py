@@ -393,3 +393,16 @@ def test_an_edit_that_leaves_the_answer_in_its_sentence_is_rejected() -> None:
     island = Span("Curaçao", "place", 0)
     subject = E.replace_mentions(passage, island, "Aruba")
     assert check_edit(subject, passage, query, answers, "entity_shift", island, cfg, title=title).kept
+
+
+def test_a_derived_form_of_a_replaced_proper_name_is_a_mention_left() -> None:
+    span = Span("Russia", "place", 0)
+    text = "Luxembourg–United Kingdom relations. The Russians and British were allies."
+    assert E.remaining_mentions(text, span, "Luxembourg") == ["Russians"]
+    assert E.remaining_mentions("Luxembourg and Britain were allies.", span, "Luxembourg") == []
+
+
+def test_a_common_noun_phrase_gets_no_name() -> None:
+    daughter = Span("illegitimate daughter", "noun_phrase", 0)
+    assert check_substitute_type("Diana Princess of Wales", daughter).reason == "substitute_type"
+    assert check_substitute_type("adopted son", daughter).kept

@@ -37,6 +37,8 @@ from causalneg.generation.grounded.spans import (
     split_sentences,
 )
 
+# Demonym and adjective endings of a proper name ("Russia" -> "Russian", "Russians"; "Japan" -> "Japanese").
+DERIVED_SUFFIXES = r"(?:ns?|ans?|ians?|ese|ish|is?|ic)"
 _WORD = re.compile(r"[0-9A-Za-zÀ-ÖØ-öø-ÿ][\w'’.-]*")
 
 
@@ -239,9 +241,14 @@ def remaining_mentions(
     surname = surname_of(span.text) if span.is_person else None
     if surname and _pattern(surname).search(text) and surname.lower() not in substitute.lower():
         left.append(surname)
+    sub_words = {w.lower() for w in _WORD.findall(substitute)} | set(content_tokens(substitute))
+    for word in _WORD.findall(span.text):  # a derived form of a proper name: "Russian(s)" for "Russia"
+        if len(word) >= 4 and word[0].isupper() and word.lower() not in sub_words:
+            derived = re.search(rf"(?<![\w]){re.escape(word)}{DERIVED_SUFFIXES}(?![\w])", text)
+            if derived:
+                left.append(derived.group(0))
     if document_frequency is None:
         return left
-    sub_words = {w.lower() for w in _WORD.findall(substitute)} | set(content_tokens(substitute))
     asked = set(content_tokens(query))
     text_tokens = set(content_tokens(text))
     for word in _WORD.findall(span.text):

@@ -529,10 +529,19 @@ def _more_edits(
     return more
 
 
+def _about_the_answer(title: str, answers: Sequence[str]) -> bool:
+    """Whether the passage's title names (a capitalised word of) a gold answer: the answer is its subject.
+
+    Dropping sentences then leaves the answer named ("Gerald McRaney" for "Gerald Lee McRaney").
+    """
+    named = {w.strip(",.()").lower() for a in answers for w in a.split() if w[:1].isupper() and len(w) > 2}
+    return bool(title) and bool(named & {w.strip(",.()").lower() for w in title.split()})
+
+
 def _answer_sentence_drop(item: GroundedItem, evidence: _Evidence) -> dict[str, Any] | None:
     """The positive without the body sentences that state a gold answer (None: no answer stated, or the title
-    states it, which no drop removes)."""
-    if not item.answers or (evidence.title and leaked_answer(evidence.title, item.answers, item.query)):
+    names the answer, which no drop removes)."""
+    if not item.answers or _about_the_answer(evidence.title, item.answers):
         return None
     body = E.body_of(evidence.passage, evidence.title)
     stating = [s for s in split_sentences(body) if leaked_answer(s, item.answers, item.query) is not None]

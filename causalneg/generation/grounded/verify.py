@@ -118,7 +118,8 @@ def check_substitute_type(substitute: str, span: Span) -> Verdict:
       "brainstem"; "Prdm14" -> "Prdm13" is one);
     - more than ``max(3, 2 x)`` the span's words ("Alex Haley" -> "Uncle Tom's Cabin: The Story of a Slave");
     - for a person, a substitute that is no person's name ("Uncle Tom's Cabin"); for anything else, a
-      substitute that spaCy reads as a person on its own ("Men's Singles" -> "Tom Hanks").
+      substitute that spaCy reads as a person on its own ("Men's Singles" -> "Tom Hanks"); for a lower-case
+      common noun phrase, a name ("illegitimate daughter" -> "Diana Princess of Wales").
 
     Other named kinds are not compared: the small NER model confuses organizations, events and works too often
     ("Women's Doubles" reads as an organization).
@@ -135,6 +136,10 @@ def check_substitute_type(substitute: str, span: Span) -> Verdict:
     if words > limit:
         return Verdict("substitute_type", f"{substitute!r}: {words} words for {span.text!r}")
     kind = entity_kind(substitute)
+    capitalised = sum(1 for w in substitute.split() if w[:1].isupper())
+    if span.text == span.text.lower() and (kind == "person" or capitalised >= 2):
+        # a common noun phrase for a name: "an illegitimate daughter" -> "an Diana Princess of Wales"
+        return Verdict("substitute_type", f"{substitute!r} is a name, {span.text!r} a common noun phrase")
     if span.is_person:
         if not looks_like_person_name(substitute) or (kind is not None and kind != "person"):
             return Verdict("substitute_type", f"{substitute!r} is not a person's name")
