@@ -346,7 +346,8 @@ def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
         f"| kept negatives | {kept} ({kept / max(len(with_neg), 1):.2f} per query with negatives) |",
         f"| kept by strategy | {dict(sorted(by_strategy.items()))} |",
         f"| LLM requests (decompose / substitute / judge) | {counts.get('per_stage')} |",
-        f"| LLM seconds per query (this artifact's requests, their journaled timings) | "
+        f"| LLM seconds per query (this artifact's requests at their journaled timings, which include requests "
+        "made by earlier sessions, some on a shared, loaded CPU) | "
         f"{counts.get('generation_seconds', 0) / max(len(rows), 1):.1f} s |",
         f"| LLM seconds per query (every journaled request of these queries, earlier rule versions included) | "
         f"{seconds_per_query(journal, set(query_ids))} s |",
