@@ -40,6 +40,8 @@ def overrides(root: Path, beir: Path, cache: Path) -> list[str]:
         "generation.backend.n_ctx=2048",
         "generation.limit=4",
         "generation.max_retries=0",
+        "generation.min_kept=1",  # no follow-up requests: resume is under test, not yield
+        "generation.fallback_spans=0",
         "generation.decompose.temperature=0",
         "generation.substitute.temperature=0",
         "generation.verify.relative_margin=null",  # no encoder in this test: the LLM calls are under test
