@@ -43,8 +43,8 @@ def data_settings(cfg: DictConfig) -> DataSettings:
         num_generated=int(d.num_generated),
         num_random=int(d.num_random),
         generated_source=source or NegativeSource.GENERATED,
-        mined_selection=str(d.get("mined_selection", "hardest")),
-        positive_selection=str(d.get("positive_selection", "first")),
+        mined_selection=str(d.get("mined_selection", "random")),
+        positive_selection=str(d.get("positive_selection", "random")),
     )
     return DataSettings(
         spec=spec,
