@@ -428,14 +428,18 @@ def bench_section() -> list[str]:
         "The runs in `experiments/grounded/bench_generation.json` (the official decompose requests of 6 HotpotQA "
         f"queries, cut at 192 tokens); a new measurement rewrites it: `{BENCH_COMMAND}`.",
         "",
-        "| backend | start-up s | requests | wall s | req/s | output tokens | tok/s |",
-        "|---|---|---|---|---|---|---|",
+        "The CPU is shared (2 cores): the 1-minute load average before and after each backend is shown; compare "
+        "ratios of backends measured in one run under similar load.",
+        "",
+        "| backend | start-up s | requests | wall s | req/s | output tokens | tok/s | load before -> after |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         seconds, tokens, requests = (run[k]["decompose"] for k in ("seconds", "tokens", "requests"))
+        load = run.get("load") or [[float("nan")], [float("nan")]]
         lines.append(
             f"| {run['backend']} | {run['startup_s']:.1f} | {requests} | {seconds:.1f} | {requests / seconds:.3f} | "
-            f"{tokens} | {tokens / seconds:.2f} |"
+            f"{tokens} | {tokens / seconds:.2f} | {load[0][0]:.1f} -> {load[-1][0]:.1f} |"
         )
     reference = next((r for r in runs if r.get("engine", r["backend"]) == "vllm"), None)
     if reference is not None:

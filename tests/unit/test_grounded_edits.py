@@ -406,3 +406,83 @@ def test_a_common_noun_phrase_gets_no_name() -> None:
     daughter = Span("illegitimate daughter", "noun_phrase", 0)
     assert check_substitute_type("Diana Princess of Wales", daughter).reason == "substitute_type"
     assert check_substitute_type("adopted son", daughter).kept
+    composer = Span("Italian composer", "noun_phrase", 0)  # a demonym before the head does not make it a name
+    assert check_substitute_type("Billie Eilish", composer).reason == "substitute_type"
+    assert check_substitute_type("German painter", composer).kept
+    assert check_substitute_type("Atlantic Records", Span("Capitol Records", "organization", 0)).kept
+
+
+def test_long_forms_of_an_abbreviation() -> None:
+    defined = (
+        "Mutations of the Ribosomal Protein L38 (Rpl38) gene in mice. In Rpl38 mutant embryos, it is high."
+    )
+    assert E.long_forms(defined, "Rpl38") == ["Ribosomal Protein L38"]
+    written = "Interleukin-18 in plaques. We measured IL-18 and interleukin 18 levels."
+    assert E.long_forms(written, "IL-18") == ["Interleukin-18", "interleukin 18"]
+    assert E.long_forms(written, "IL-10") == []  # another number is another entity
+    assert E.long_forms("The Hutchinson-Gilford progeria syndrome (HGPS) is rare.", "HGPS") == [
+        "Hutchinson-Gilford progeria syndrome"
+    ]
+    assert E.long_forms(defined, "gene") == []  # not an abbreviation
+
+
+def test_a_long_form_is_replaced_with_its_abbreviation() -> None:
+    text = "Interleukin-18 in plaques. Yet interleukin 18 (IL-18) is a cytokine: IL-18 mRNA rose."
+    edit = E.replace_mentions(text, Span("IL-18 mRNA expression", "noun_phrase", 0), "IL-10")
+    assert edit.text == "IL-10 in plaques. Yet IL-10 is a cytokine: IL-10 mRNA rose."
+    assert edit.mentions == 3 and "Interleukin-18" in edit.aliases
+
+
+def test_a_plural_or_singular_mention_of_a_common_noun_is_a_mention() -> None:
+    text = "The elongation rates were measured. The elongation rate is high. Elongation ratings differ."
+    edit = E.replace_mentions(text, Span("elongation rate", "noun_phrase", 0), "mutation frequency")
+    assert edit.text == (
+        "The mutation frequencies were measured. The mutation frequency is high. Elongation ratings differ."
+    )
+    left = E.Edit(text.replace("rate is", "speed is"), "replace", "elongation rate", "x", 1)
+    assert E.remaining_mentions(left.text, Span("elongation rate", "noun_phrase", 0), "x") == [
+        "elongation rate"
+    ]
+    assert E.mentions("CD8+ T cell priming", "T cells")
+    assert not E.mentions("Parisian cafes", "Paris")  # a capitalised name is not inflected
+
+
+def test_a_common_query_word_may_come_back_beside_a_new_name() -> None:
+    crpc = Span("CRPC", "organization", 0)
+    claim = "CRPC is a prostate cancer that resists castration."
+
+    def df(token: str) -> float:
+        return {"cancer": 0.2, "prostate": 0.01, "tumor": 0.1}.get(token, 0.001)
+
+    assert check_substitute("Breast Cancer", crpc, claim, [], "", df).kept  # common "cancer", new "breast"
+    assert (
+        check_substitute("prostate adenoma", crpc, claim, [], "", df).reason == "substitute_invalid"
+    )  # rare
+    assert (
+        check_substitute("cancer", crpc, claim, [], "", df).reason == "substitute_invalid"
+    )  # only the query's
+    label = Span("Capitol Records", "organization", 0)
+    query = "Which Republic Records executive was a vice president at Capitol Records?"
+    # capitalised by the query: a name it asks about, however common the word
+    assert (
+        check_substitute("Republic Records", label, query, [], "", lambda _t: 0.5).reason
+        == "substitute_invalid"
+    )
+
+
+def test_same_thing_check() -> None:
+    from causalneg.generation.grounded.verify import check_same_thing
+
+    assert check_same_thing(0.8, VerifyConfig()).reason == "same_thing"
+    assert check_same_thing(0.55, VerifyConfig()).kept  # sibling terms score up to ~0.6 too
+    assert check_same_thing(0.2, VerifyConfig()).kept
+    assert check_same_thing(0.99, VerifyConfig(same_thing_threshold=None)).kept
+
+
+def test_kind_word_asks_for_terms_and_symbols_not_names() -> None:
+    from causalneg.generation.grounded.pipeline import kind_word
+
+    assert kind_word(Span("oocyte", "name", 0)) == "term"
+    assert kind_word(Span("SOX2", "organization", 0)) == "symbol"
+    assert kind_word(Span("Bruce Willis", "person", 0)) == "person"
+    assert kind_word(Span("Hox mRNA Translation", "noun_phrase", 0)) == "term"

@@ -58,10 +58,32 @@ class Edit:
         return min(1.0, len(self.original) * max(self.mentions, 1) / max(len(before), 1))
 
 
+_COMMON_NOUN = re.compile(r"[a-z]{3,}")
+
+
 def _pattern(phrase: str) -> re.Pattern[str]:
-    words = [re.escape(w) for w in phrase.replace("’", "'").split()]
-    body = r"\s+".join(words).replace("'", "['’]")
+    """``phrase`` on word boundaries, case-insensitive, with whitespace runs and ``'``/``’`` tolerated; a lower-case
+    last word also in its plural or singular ("elongation rate" matches "elongation rates", "T cells" "T cell")."""
+    words = phrase.replace("’", "'").split()
+    escaped = [re.escape(w) for w in words]
+    if words and _COMMON_NOUN.fullmatch(words[-1]):
+        last = words[-1]
+        stem = last[:-1] if last.endswith("s") and not last.endswith("ss") else last
+        escaped[-1] = re.escape(stem) + "(?:s|es)?"
+    body = r"\s+".join(escaped).replace("'", "['’]")
     return re.compile(rf"(?<![\w]){body}(?![\w])", re.IGNORECASE)
+
+
+def _inflected(mention: str, target: str, replacement: str) -> str:
+    """``replacement`` in the number of ``mention``: a plural mention of a singular target gets a plural
+    ("elongation rates" -> "transcription rates" for "elongation rate" -> "transcription rate")."""
+    last = replacement.split()[-1] if replacement.split() else ""
+    plural_mention = mention.lower().endswith("s") and not target.lower().endswith("s")
+    if plural_mention and _COMMON_NOUN.fullmatch(last) and not last.endswith("s"):
+        if last.endswith("y") and last[-2:-1] not in "aeiou":
+            return replacement[:-1] + "ies"
+        return replacement + ("es" if last.endswith(("ch", "sh", "x", "z")) else "s")
+    return replacement
 
 
 def surname_of(name: str) -> str | None:
@@ -149,6 +171,69 @@ def _abbreviation_pattern(abbreviation: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w]){re.escape(stem)}s?(?![\w])")
 
 
+def is_abbreviation(word: str) -> bool:
+    """One token that can stand for a longer name: a code ("IL-18", "Rpl38") or two capitals or more ("HGPS")."""
+    return " " not in word.strip() and (is_code(word) or sum(c.isupper() for c in word) >= 2)
+
+
+def _long_form_start(short: str, candidate: str) -> int | None:
+    """Where in ``candidate`` the long form of ``short`` starts (Schwartz & Hearst 2003), or ``None``.
+
+    Every letter and digit of ``short`` is found in ``candidate``, right to left and in order, and the first one
+    starts a word: "Rpl38" in "... mutations of the Ribosomal Protein L38" starts at "Ribosomal"; "IL-18" in
+    "interleukin-18" at its "i".
+    """
+    s, c = len(short) - 1, len(candidate) - 1
+    while s >= 0:
+        char = short[s].lower()
+        if not char.isalnum():
+            s -= 1
+            continue
+        while c >= 0 and (candidate[c].lower() != char or (s == 0 and c > 0 and candidate[c - 1].isalnum())):
+            c -= 1
+        if c < 0:
+            return None
+        c -= 1
+        s -= 1
+    return c + 1
+
+
+def long_forms(text: str, short: str) -> list[str]:
+    """The long forms ``text`` gives for the abbreviation ``short`` (:func:`is_abbreviation`).
+
+    - Defined by a parenthesis, "Ribosomal Protein L38 (Rpl38)": the shortest run of the preceding
+      ``min(len + 5, 2 len)`` words that spells ``short`` (:func:`_long_form_start`).
+    - Written out in one word with the same number, "interleukin-18" or "interleukin 18" for "IL-18".
+
+    A long form is longer than ``short`` and not ``short`` itself; each is a mention of the same entity.
+    """
+    if not is_abbreviation(short):
+        return []
+    found: list[str] = []
+    letters = sum(c.isalnum() for c in short)
+    window = min(letters + 5, 2 * letters)
+    for match in re.finditer(rf"\(\s*{re.escape(short)}s?\s*\)", text):
+        words = text[: match.start()].split()[-window:]
+        ends = [i for i, w in enumerate(words) if w.endswith((".", ";", ":", "!", "?"))]
+        words = words[ends[-1] + 1 :] if ends else words  # within the sentence that defines it
+        for size in range(1, len(words) + 1):
+            candidate = " ".join(words[-size:])
+            start = _long_form_start(short, candidate)
+            if start == 0:
+                found.append(candidate.strip(",;:"))
+                break
+    number = re.search(r"[-\s]?(\d+[A-Za-z]?)$", short)
+    if number:
+        letters_part = short[: number.start()]
+        pattern = (
+            rf"(?<![\w-])([A-Za-z]{{{len(letters_part) + 2},}})[-\s]{re.escape(number.group(1))}(?![\w])"
+        )
+        for match in re.finditer(pattern, text):
+            if _long_form_start(letters_part, match.group(1)) == 0:
+                found.append(match.group(0))
+    return [f for f in dict.fromkeys(found) if len(f) > len(short) and f.lower() != short.lower()]
+
+
 def _name_variants(name: str) -> re.Pattern[str] | None:
     """A person's name with 0-2 other capitalised words between first name and surname."""
     words, surname = name.split(), surname_of(name)
@@ -168,11 +253,16 @@ def replace_mentions(text: str, span: Span, substitute: str) -> Edit:
         (span.text, substitute) if defined else edit_target(span.text, substitute, span.is_person)
     )
     pattern = _pattern(target)
+    written_out = long_forms(text, target)
+    if written_out:  # "Ribosomal Protein L38 (Rpl38)" and "interleukin-18": the same entity, replaced too
+        forms = "|".join(_pattern(f).pattern for f in sorted(written_out, key=len, reverse=True))
+        defined_here = rf"(?:\s*\(\s*{re.escape(target)}s?\s*\))?"
+        pattern = re.compile(rf"(?:{forms}){defined_here}|{pattern.pattern}", re.IGNORECASE)
     if defined:  # "cancer (CRPC)" -> "substitute": the definition goes with the mention
         alternatives = "|".join(re.escape(a) for a in defined)
-        pattern = re.compile(rf"{pattern.pattern}(?:\s*\((?:{alternatives})\))?", re.IGNORECASE)
-    new, count = pattern.subn(lambda _m: replacement, text)
-    aliases: list[str] = []
+        pattern = re.compile(rf"(?:{pattern.pattern})(?:\s*\((?:{alternatives})\))?", re.IGNORECASE)
+    new, count = pattern.subn(lambda m: _inflected(m.group(0), target, replacement), text)
+    aliases: list[str] = list(written_out)
     surname = surname_of(span.text) if span.is_person and target == span.text else None
     variants = _name_variants(span.text) if surname else None
     if variants is not None:

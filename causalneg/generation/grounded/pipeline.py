@@ -67,6 +67,7 @@ from causalneg.generation.grounded.verify import (
     VerifyConfig,
     check_edit,
     check_judge,
+    check_same_thing,
     check_similarity,
     check_substitute,
 )
@@ -204,6 +205,7 @@ class _Run:
     outputs: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     stats: Counter[str] = field(default_factory=Counter)
+    same_thing: dict[str, float] = field(default_factory=dict)  # "span -> substitute": P(yes) of SAME_THING
     tokens: int = 0
     seconds: float = 0.0
 
@@ -225,7 +227,7 @@ class _Run:
         tag: str = "",
     ) -> RawOutput:
         """One journaled request (``tag`` tells apart several requests of one stage for the same query)."""
-        judge = stage == "judge"
+        judge = stage in SCORED_STAGES
         sampling = (
             SamplingConfig(max_new_tokens=1, temperature=0.0, top_p=1.0)
             if judge
@@ -322,6 +324,19 @@ def _decompose(run: _Run, item: GroundedItem, evidence: _Evidence) -> tuple[Base
 
 
 KIND_WORDS = {"name": "name", "noun_phrase": "term"}
+
+
+def kind_word(span: Span) -> str:
+    """What the substitute prompt calls the span's kind. A lower-case phrase is a "term" and a one-token code a
+    "symbol", whatever spaCy labelled them: asked for "names" like "oocyte" or "SOX2", the 1.5B answers "Tom Hanks"
+    or "Karl Marx"."""
+    if E.is_code(span.text) and " " not in span.text.strip():
+        return "symbol"
+    if span.text[:1].islower():
+        return "term"
+    return KIND_WORDS.get(span.kind, span.kind)
+
+
 # A retry after invalid substitutes continues the conversation with what was wrong (the 1.5B mostly repeats the
 # original span or a query word: 152 of 322 SciFact substitutes, before this feedback). In code, not in a
 # template, so that first attempts keep their journaled keys.
@@ -369,7 +384,7 @@ def _substitute(
     :data:`SUBSTITUTE_FEEDBACK` as two more turns of the conversation. With ``used`` (substitutes already
     applied), the conversation continues with :data:`MORE_SUBSTITUTES` instead, as its own journaled request.
     """
-    kind = KIND_WORDS.get(span.kind, span.kind)
+    kind = kind_word(span)
     messages = run.messages(
         "substitute",
         item,
@@ -414,6 +429,14 @@ def _substitute(
                 run.document_frequency,
                 run.settings.verify.query_df,
             )
+            if (
+                verdict.kept
+                and _may_be_a_synonym(span)
+                and run.settings.verify.same_thing_threshold is not None
+            ):
+                p_same = _same_thing(run, item, span, substitute)
+                run.same_thing[f"{span.text} -> {substitute}"] = round(p_same, 4)
+                verdict = check_same_thing(p_same, run.settings.verify)
             if verdict.kept:
                 valid.append(substitute)
             else:
@@ -428,6 +451,34 @@ def _substitute(
             {"role": "user", "content": feedback},
         ]
     return None
+
+
+# Asked of every substitute that passed the rules: the 1.5B proposes synonyms ("T cells" -> "T lymphocytes",
+# "infertility" -> "sterility"), which the encoder cannot tell from siblings (MiniLM cos infertility/sterility
+# 0.445, CDX2/CDX3 0.872). In code, not in a template, so the other stages keep their journaled keys.
+SAME_THING = (
+    'Do "{span}" and "{substitute}" name the same thing: one entity or concept under two names (synonyms, an '
+    "abbreviation and its long form, a spelling variant, a broader or plain-language name for it)? Answer yes "
+    "or no."
+)
+SCORED_STAGES = frozenset({"judge", "same_thing"})
+
+
+def _may_be_a_synonym(span: Span) -> bool:
+    """Terms and names may have synonyms; a person's name, a date or a number has none worth a call."""
+    return not span.is_person and span.kind not in NUMERIC_KINDS
+
+
+def _same_thing(run: _Run, item: GroundedItem, span: Span, substitute: str) -> float:
+    """The judge's ``P(yes)`` that ``substitute`` is another name of ``span`` (:data:`SAME_THING`)."""
+    system = run.messages("judge", item, [])[0]
+    question = SAME_THING.format(span=span.text, substitute=substitute)
+    messages = [system, {"role": "user", "content": question}]
+    output = run.call("same_thing", 0, JudgeAnswer, item, messages, tag=f"{span.text}->{substitute}")
+    if output.error:
+        raise RuntimeError(f"same-thing check failed for query {item.query_id}: {output.error}")
+    run.outputs["same_thing/valid"] += 1
+    return float(json.loads(output.text)["yes"])
 
 
 def _judge(run: _Run, item: GroundedItem, text: str) -> float:
@@ -498,7 +549,13 @@ def _substitute_edits(
     substitutes, output = found
     provenance = {**info, "span_kind": span.kind, "substitute_request_key": output.key}
     return [
-        {"edit": E.replace_mentions(evidence.passage, span, x), "span": span, "substitute": x, **provenance}
+        {
+            "edit": E.replace_mentions(evidence.passage, span, x),
+            "span": span,
+            "substitute": x,
+            "p_same_thing": run.same_thing.get(f"{span.text} -> {x}"),
+            **provenance,
+        }
         for x in substitutes
     ]
 

@@ -9,7 +9,12 @@ In order (cheap checks first; the encoder and the LLM judge only see what passed
    placeholder ("John Doe"), or keeps a
    rare word of the span that the query names while replacing the whole span ("Meriwether Lewis and William
    Clark" -> "Legends of the Lewis and Clark").
+   A query-named word is allowed back only when it is common in the corpus (document frequency ``query_df`` or
+   more), the query writes it in lower case, and the substitute names something of its own beside it ("Breast
+   Cancer" for "CRPC" under a claim about prostate cancer).
    ``substitute_type``: the substitute is not the same kind of thing (:func:`check_substitute_type`).
+   ``same_thing``: the LLM judge's ``P(yes)`` that span and substitute name the same thing (a synonym, an
+   abbreviation, a broader name: "T cells" -> "T lymphocytes") is at least ``same_thing_threshold``.
 2. ``span_not_found``: the edit changed nothing (no mention matched).
    ``title_only``: every mention replaced sits in the passage's title; the body still answers ("1998 Wimbledon
    Championships - Men's Singles" -> "... - Grand Slam" over a body that reports the men's final).
@@ -69,6 +74,7 @@ REASONS = (
     "edit_too_large",
     "too_short",
     "duplicate",
+    "same_thing",
     "similar_to_query",
     "judge_says_relevant",
 )
@@ -87,6 +93,9 @@ class VerifyConfig:
     judge: bool = True
     judge_threshold: float = 0.9  # confident "yes": rejected whatever the positive scored
     judge_margin: float = 0.0  # the negative must score below the positive's P(yes) minus this
+    # Reject a substitute the judge calls another name of the span (None = no check). Measured with the 1.5B:
+    # synonyms 0.51-0.85, sibling terms 0.34-0.64 (GROUNDED.md), so only a clear "yes" rejects.
+    same_thing_threshold: float | None = 0.6
 
 
 # Names that stand for no one: a substitute must be a real entity of the span's kind.
@@ -107,6 +116,31 @@ NUMERIC_KINDS = frozenset({"date", "time", "number", "quantity", "amount", "ordi
 # A number on its own, a range ("2009-2014") included; not a digit inside a name ("IL-18", "H3K9me3/2").
 _STANDALONE_NUMBER = re.compile(r"(?<![\w/-])\d+(?:[.,–-]\d+)*(?![\w/-])")
 MAX_WORD_RATIO = 2  # a substitute may have at most max(3, 2 x the span's) words
+
+
+def _common_noun_phrase(text: str) -> bool:
+    """A phrase whose head (last word) is a lower-case noun: "oocyte fertilizability", "Italian composer"."""
+    words = text.split()
+    return bool(words) and words[-1].isalpha() and words[-1].islower()
+
+
+def _named_by_query(
+    token: str,
+    new_tokens: Sequence[str],
+    query: str,
+    document_frequency: Callable[[str], float] | None,
+    query_df: float,
+) -> bool:
+    """Does a substitute's ``token`` bring back what the query names? Always, unless the token is a common word of
+    the corpus (document frequency ``query_df`` or more), written in lower case by the query, and the substitute
+    names something of its own beside it: "Breast Cancer" for "CRPC" under a claim about prostate cancer is another
+    disease; "film" for "album" under "which film ..." is the query's own constraint."""
+    if document_frequency is None or document_frequency(token) < query_df:
+        return True
+    if all(t in set(content_tokens(query)) for t in new_tokens):
+        return True
+    words = query.split()[1:]  # the first word is capitalised as the sentence's start
+    return any(w[:1].isupper() and content_tokens(w) == [token] for w in words)
 
 
 def check_substitute_type(substitute: str, span: Span) -> Verdict:
@@ -137,7 +171,7 @@ def check_substitute_type(substitute: str, span: Span) -> Verdict:
         return Verdict("substitute_type", f"{substitute!r}: {words} words for {span.text!r}")
     kind = entity_kind(substitute)
     capitalised = sum(1 for w in substitute.split() if w[:1].isupper())
-    if span.text == span.text.lower() and (kind == "person" or capitalised >= 2):
+    if _common_noun_phrase(span.text) and (kind == "person" or capitalised >= 2):
         # a common noun phrase for a name: "an illegitimate daughter" -> "an Diana Princess of Wales"
         return Verdict("substitute_type", f"{substitute!r} is a name, {span.text!r} a common noun phrase")
     if span.is_person:
@@ -167,9 +201,9 @@ def check_substitute(
     span_tokens = set(content_tokens(span.text))
     new_tokens = [t for t in content_tokens(substitute) if t not in span_tokens]
     asked = set(content_tokens(query))
-    if any(
-        t in asked for t in new_tokens
-    ):  # "Republic Records" for "Capitol Records" when the query names both
+    if any(  # "Republic Records" for "Capitol Records" when the query names both
+        t in asked and _named_by_query(t, new_tokens, query, document_frequency, query_df) for t in new_tokens
+    ):
         return Verdict("substitute_invalid", f"{substitute!r} is named by the query")
     if normalize(substitute) in PLACEHOLDERS:
         return Verdict("substitute_invalid", f"{substitute!r} is a placeholder, not a real entity")
@@ -289,4 +323,12 @@ def check_judge(p_yes: float, positive_p_yes: float, cfg: VerifyConfig) -> Verdi
             "judge_says_relevant",
             f"P(yes) {p_yes:.3f} > P(yes | positive) {positive_p_yes:.3f} - {cfg.judge_margin}",
         )
+    return Verdict()
+
+
+def check_same_thing(p_yes: float, cfg: VerifyConfig) -> Verdict:
+    """Reject a substitute that the LLM judge calls another name of the span (``P(yes) >= same_thing_threshold``):
+    "T cells" -> "T lymphocytes" keeps what the query asks for under a synonym."""
+    if cfg.same_thing_threshold is not None and p_yes >= cfg.same_thing_threshold:
+        return Verdict("same_thing", f"P(yes) {p_yes:.3f} >= {cfg.same_thing_threshold}")
     return Verdict()
