@@ -453,6 +453,36 @@ def bench_section() -> list[str]:
     return [*lines, ""]
 
 
+def same_thing_section() -> list[str]:
+    """The committed calibration of the same-thing check (``experiments/calibrate_same_thing.py``)."""
+    path = OUT / "same_thing.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    same = sum(1 for p in data["pairs"] if p["same"])
+    lines = [
+        "## The same-thing check: P(yes) for synonyms against sibling terms",
+        "",
+        f"`python experiments/calibrate_same_thing.py` ({data['model']}, profile {data['profile']}, "
+        f"{data['seconds']:.0f} s): the judge's P(yes) that span and substitute name the same thing. A substitute "
+        "at `generation.verify.same_thing_threshold` or above is rejected (`same_thing`).",
+        "",
+        "| threshold | synonyms rejected | different things rejected |",
+        "|---|---|---|",
+    ]
+    for threshold, counts in data["thresholds"].items():
+        lines.append(
+            f"| {threshold} | {counts['same_rejected']} of {same} | "
+            f"{counts['different_rejected']} of {len(data['pairs']) - same} |"
+        )
+    lines += ["", "| P(yes) | pair | same thing? |", "|---|---|---|"]
+    for pair in sorted(data["pairs"], key=lambda p: -p["p_yes"]):
+        lines.append(
+            f"| {pair['p_yes']:.3f} | {pair['span']} -> {pair['substitute']} | {'yes' if pair['same'] else 'no'} |"
+        )
+    return [*lines, ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -465,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name in args.datasets:
         body += dataset_section(name, args)
+    body += same_thing_section()
     body += bench_section()
     REPORT.write_text("\n".join(body) + "\n", encoding="utf-8")
     print(f"[grounded_check] wrote {REPORT}")

@@ -420,6 +420,7 @@ def test_long_forms_of_an_abbreviation() -> None:
     written = "Interleukin-18 in plaques. We measured IL-18 and interleukin 18 levels."
     assert E.long_forms(written, "IL-18") == ["Interleukin-18", "interleukin 18"]
     assert E.long_forms(written, "IL-10") == []  # another number is another entity
+    assert E.long_forms("BACKGROUND Interleukin (IL)-18 is a cytokine.", "IL-18") == ["Interleukin (IL)-18"]
     assert E.long_forms("The Hutchinson-Gilford progeria syndrome (HGPS) is rare.", "HGPS") == [
         "Hutchinson-Gilford progeria syndrome"
     ]

@@ -203,7 +203,8 @@ def long_forms(text: str, short: str) -> list[str]:
 
     - Defined by a parenthesis, "Ribosomal Protein L38 (Rpl38)": the shortest run of the preceding
       ``min(len + 5, 2 len)`` words that spells ``short`` (:func:`_long_form_start`).
-    - Written out in one word with the same number, "interleukin-18" or "interleukin 18" for "IL-18".
+    - Written out in one word with the same number, "interleukin-18" or "interleukin 18" for "IL-18", also with
+      the abbreviation inside: "Interleukin (IL)-18".
 
     A long form is longer than ``short`` and not ``short`` itself; each is a mention of the same entity.
     """
@@ -230,6 +231,14 @@ def long_forms(text: str, short: str) -> list[str]:
         )
         for match in re.finditer(pattern, text):
             if _long_form_start(letters_part, match.group(1)) == 0:
+                found.append(match.group(0))
+        letters_clean = letters_part.rstrip("- ")
+        inline = (  # "Interleukin (IL)-18": the abbreviation defined inside the written-out name
+            rf"(?<![\w-])([A-Za-z]{{{len(letters_clean) + 2},}})\s*\(\s*{re.escape(letters_clean)}\s*\)"
+            rf"[-\s]?{re.escape(number.group(1))}(?![\w])"
+        )
+        for match in re.finditer(inline, text):
+            if _long_form_start(letters_clean, match.group(1)) == 0:
                 found.append(match.group(0))
     return [f for f in dict.fromkeys(found) if len(f) > len(short) and f.lower() != short.lower()]
 
