@@ -139,7 +139,7 @@ class ReplayOnlyBackend:
 
     name = "replay"
 
-    def __init__(self, spec: ShardSpec, model_id: str) -> None:
+    def __init__(self, spec: ShardSpec | None, model_id: str) -> None:
         self.spec = spec
         self.model_id = model_id  # part of every request key: the generator's id, as the shard jobs used
 
@@ -147,9 +147,10 @@ class ReplayOnlyBackend:
         self, requests: Sequence[GenerationRequest], schema: type[BaseModel], sampling: SamplingConfig
     ) -> list[RawOutput]:
         keys = ", ".join(r.key[:12] for r in requests[:3])
+        where = f"merge of {self.spec.count} shards" if self.spec else "replay after the Ray Data workers"
         raise ConfigError(
-            f"merge of {self.spec.count} shards: {len(requests)} request(s) are in no shard journal (e.g. {keys}); "
-            "a shard job stopped early or ran with other overrides: rerun it, then merge again"
+            f"{where}: {len(requests)} request(s) are in no worker/shard journal (e.g. {keys}); a job stopped "
+            "early or ran with other overrides: rerun it (finished requests are reused), then merge again"
         )
 
     def close(self) -> None:

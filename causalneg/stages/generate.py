@@ -42,6 +42,7 @@ from causalneg.generation.backends.base import SamplingConfig
 from causalneg.generation.filters import Embedder, FilterConfig, corpus_length_band
 from causalneg.generation.pipeline import PipelineResult, PipelineSettings, run_pipeline
 from causalneg.generation.prompting import PromptInputs, clip, preview, render_messages, resolve_profile
+from causalneg.generation.ray_driver import RayOptions, generate_on_ray
 from causalneg.generation.sharding import (
     ReplayOnlyBackend,
     fold_shard_journals,
@@ -291,7 +292,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             else:
                 if spec is not None:
                     items, journal = shard_items(items, spec), shard_journal(journal, spec)
-                backend = build_backend(cfg.generation)
+                ray_options = RayOptions.from_dict(_mapping(cfg.generation.get("ray")))
+                if ray_options.enabled:  # Ray Data workers journal every request; this process replays
+                    resolved = _mapping(cfg)
+                    print(
+                        f"[generate] ray: {generate_on_ray(resolved, items, filters, journal, ray_options)}"
+                    )
+                    backend = ReplayOnlyBackend(None, generator_model_id(cfg.generation.model))
+                else:
+                    backend = build_backend(cfg.generation)
             try:
                 store = RequestStore(journal)
                 result = run_pipeline(items, backend, store, pipeline_settings(cfg), filters, embed)
