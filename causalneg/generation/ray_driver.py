@@ -3,8 +3,9 @@
 ``generation.ray.enabled=true`` (with ``generation.ray.address`` for an existing cluster, ``None``: a local
 ``ray.init()``) turns ``stage=generate`` into
 
-1. ``ray.data.from_items(prompt inputs)`` -> ``map_batches(GenerationWorker, compute=ActorPoolStrategy(size=num_workers),
-   num_gpus=num_gpus_per_worker, num_cpus=num_cpus_per_worker, batch_size=batch_size)``: each worker is a Ray
+1. ``ray.data.from_items(prompt inputs)`` -> ``map_batches(GenerationWorker,
+   compute=ActorPoolStrategy(size=num_workers), num_gpus=num_gpus_per_worker, num_cpus=num_cpus_per_worker,
+   batch_size=batch_size)``: each worker is a Ray
    actor that builds the configured backend once (vLLM on its GPUs, with ``generation.backend.
    tensor_parallel_size`` GPUs each; any backend on CPU) and runs :func:`run_pipeline` on its batches. It
    journals into its own file ``<journal>.ray-<worker id>.jsonl`` and starts from the main journal's finished
