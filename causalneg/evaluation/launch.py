@@ -39,17 +39,19 @@ def launch_fabric(trainer_cfg: DictConfig) -> Any:
     from lightning.fabric import Fabric
 
     settings = plain_dict(trainer_cfg)
-    strategy = str(settings.get("strategy") or "ddp")
-    if strategy not in ("ddp", "ddp_fork"):
+    # Encoding needs no model sharding and no spawned workers: every data-parallel preset runs as script-launched
+    # ddp (the command is re-run per local rank, or torchrun/SLURM started the ranks).
+    strategy = str(settings.get("strategy") or "ddp").split("_find_unused")[0]
+    if strategy not in MULTI_PROCESS_STRATEGIES:
         raise ConfigError(
-            f"trainer.strategy={strategy!r}: multi-process evaluation needs a script-launched strategy (ddp); "
+            f"trainer.strategy={strategy!r}: multi-process evaluation runs data parallel (trainer=ddp); "
             "fsdp/deepspeed shard the model, which encoding does not need"
         )
     fabric = Fabric(
         accelerator=str(settings.get("accelerator", "auto")),
         devices=settings.get("devices", "auto"),
         num_nodes=int(settings.get("num_nodes", 1) or 1),
-        strategy=strategy,
+        strategy="ddp",
         precision="32-true",  # eval.precision applies to encoding; Fabric's own precision is not used
     )
     fabric.launch()

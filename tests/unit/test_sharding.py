@@ -74,3 +74,13 @@ def test_faiss_indexes_find_the_exact_neighbours_on_easy_data(kind: str) -> None
     assert torch.equal(rows[:, 0], torch.arange(20))
     assert (rows == want_rows).float().mean() >= 0.95
     assert torch.allclose(scores[:, 0], want_scores[:, 0], atol=1e-5)
+
+
+def test_which_trainer_configs_evaluate_on_several_processes() -> None:
+    from causalneg.evaluation.launch import wants_processes
+
+    assert not wants_processes({"accelerator": "cpu", "devices": 1})  # trainer=cpu
+    assert wants_processes({"devices": 2, "strategy": "ddp"})
+    assert wants_processes({"devices": 1, "num_nodes": 2, "strategy": "ddp"})
+    assert wants_processes({"devices": "auto", "strategy": "ddp_spawn"})
+    assert not wants_processes({"devices": 2, "strategy": "fsdp"})  # model sharding: one process evaluates
