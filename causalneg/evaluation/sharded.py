@@ -116,11 +116,13 @@ def merge_topk(
 
 @dataclass
 class ShardedSearchResult:
-    """``scores, rows [Q, k]`` (rows index the corpus order), and what each rank encoded (``rank_stats``)."""
+    """``scores, rows [Q, k]`` (rows index the corpus order), what each rank encoded (``rank_stats``), and
+    ``row_scores[q][row]``: the score of every requested ``score_rows[q]`` pair (e.g. a query's positives)."""
 
     scores: torch.Tensor
     rows: torch.Tensor
     rank_stats: list[dict[str, Any]] = field(default_factory=list)
+    row_scores: list[dict[int, float]] = field(default_factory=list)
 
 
 def _all_gather(obj: Any, size: int) -> list[Any]:
@@ -160,12 +162,15 @@ def sharded_search(
     after_shard: Callable[[int], None] | None = None,
     distributed: bool = True,
     progress: bool = False,
+    score_rows: Sequence[Sequence[int]] | None = None,
 ) -> ShardedSearchResult:
     """Top ``k`` documents of ``doc_texts`` for every query, the corpus split over ranks (module docstring).
 
     With ``distributed`` and an initialised process group this is a collective: every rank calls it with the
     same arguments; otherwise the whole corpus is this process's (``world = 1``). ``after_shard(i)`` runs
     after shard ``i`` is encoded and cached (progress reporting; the resume test kills the job there).
+    ``score_rows[q]``: corpus rows whose score ``<e_q, e_d>`` query ``q`` also needs (computed by the rank
+    that holds the row's shard, gathered into ``row_scores``).
     """
     canonical = canonical_precision(precision)
     index = index or IndexConfig()
@@ -174,6 +179,11 @@ def sharded_search(
     whole_key = _cache_key(encoder, doc_texts, "doc", canonical) if cache is not None else None
     bounds = shard_bounds(len(doc_texts), shard_size, size)
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pair_scores: list[tuple[int, int, float]] = []  # (query, row, score) for the requested rows in my shards
+    pair_queries = torch.tensor(
+        [q for q, rows in enumerate(score_rows or ()) for _ in rows], dtype=torch.long
+    )
+    pair_rows = torch.tensor([r for rows in score_rows or () for r in rows], dtype=torch.long)
     encoded, seconds, hits = 0, 0.0, 0
     for i, (start, stop) in enumerate(bounds):
         if i % size != rank:
@@ -188,6 +198,11 @@ def sharded_search(
             after_shard(i)
         scores, rows = search_shard(query_emb, doc_emb, k, index)
         parts.append((scores, rows + start))
+        if pair_rows.numel():
+            inside = (pair_rows >= start) & (pair_rows < stop)
+            q_in, rows_in = pair_queries[inside], pair_rows[inside]
+            values = (doc_emb[rows_in - start] * query_emb[q_in]).sum(dim=1)  # [P_shard]
+            pair_scores += zip(q_in.tolist(), rows_in.tolist(), values.tolist(), strict=True)
     empty = (torch.empty((len(query_texts), 0)), torch.empty((len(query_texts), 0), dtype=torch.long))
     local = merge_topk(parts, k) if parts else empty
     stats = {
@@ -198,6 +213,12 @@ def sharded_search(
         "encode_seconds": seconds,
         "passages_per_second": encoded / seconds if seconds > 0 else 0.0,
     }
-    gathered = _all_gather((local, stats), size)
-    scores, rows = merge_topk([part for part, _ in gathered], min(k, len(doc_texts)))
-    return ShardedSearchResult(scores, rows, [s for _, s in gathered])
+    gathered = _all_gather((local, stats, pair_scores), size)
+    scores, rows = merge_topk([part for part, _, _ in gathered], min(k, len(doc_texts)))
+    row_scores: list[dict[int, float]] = (
+        [{} for _ in range(len(query_texts))] if score_rows is not None else []
+    )
+    for _, _, pairs in gathered:
+        for q, row, score in pairs:
+            row_scores[q][row] = score
+    return ShardedSearchResult(scores, rows, [s for _, s, _ in gathered], row_scores)

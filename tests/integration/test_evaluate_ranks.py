@@ -52,3 +52,42 @@ def test_two_ranks_give_the_one_process_metrics(
     assert [r["passages_encoded"] for r in two_encoding["ranks"]] == [32, 32]
     assert all(r["passages_per_second"] > 0 for r in two_encoding["ranks"])
     assert "rank 1: 32 passages" in stdout
+
+
+def mined_rows(root: Path) -> dict[str, list[dict]]:
+    paths = sorted((root / "artifacts").rglob("rows.jsonl"))
+    assert paths, f"no mined artifact under {root}"
+    return {p.parent.name: [json.loads(line) for line in p.read_text().splitlines()] for p in paths}
+
+
+def test_dense_mining_on_two_ranks_equals_one_process(
+    tmp_path: Path,
+    tiny_beir: Path,
+    seed_mlflow: Callable[[Path], Path],  # noqa: F811
+) -> None:
+    runs = {}
+    for name, extra in {
+        "one": [],
+        "two": ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"],
+    }.items():
+        root = seed_mlflow(tmp_path / name)
+        args = [
+            "stage=mine", "mining=dense", f"paths.root_dir={root}", f"hydra.run.dir={root / 'run'}",
+            "dataset=beir", f"dataset.path={tiny_beir}", "dataset.name=tiny", "dataset.dev_split=dev",
+            "model=tiny", "mining.top_k=5", "mining.relative_margin=null", "mining.dense.shard_size=16", *extra,
+        ]  # fmt: skip
+        done = run_cli(args, timeout=360)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        runs[name] = mined_rows(root)
+    assert (
+        runs["one"].keys() == runs["two"].keys() and len(runs["one"]) == 2
+    )  # train and dev, same fingerprints
+    for name, rows in runs["one"].items():
+        assert sum(len(r["candidates"]) for r in rows) > 0, name
+        for a, b in zip(rows, runs["two"][name], strict=True):
+            assert a["query_id"] == b["query_id"]
+            assert [c["id"] for c in a["candidates"]] == [c["id"] for c in b["candidates"]]
+            assert all(
+                abs(x["score"] - y["score"]) < 1e-5
+                for x, y in zip(a["candidates"], b["candidates"], strict=True)
+            )
