@@ -175,6 +175,7 @@ def sharded_search(
     canonical = canonical_precision(precision)
     index = index or IndexConfig()
     rank, size = world() if distributed else (0, 1)
+    device = next(encoder.parameters()).device  # exact search runs where the encoder runs (a GPU rank's GPU)
     query_emb = _encode_queries(encoder, query_texts, batch_size, canonical, rank, size)  # [Q, D]
     whole_key = _cache_key(encoder, doc_texts, "doc", canonical) if cache is not None else None
     bounds = shard_bounds(len(doc_texts), shard_size, size)
@@ -196,8 +197,10 @@ def sharded_search(
             encoded, seconds = encoded + (stop - start), seconds + took
         if after_shard is not None:
             after_shard(i)
-        scores, rows = search_shard(query_emb, doc_emb, k, index)
-        parts.append((scores, rows + start))
+        scores, rows = search_shard(
+            query_emb.to(device), doc_emb.to(device), k, index
+        )  # on the rank's device
+        parts.append((scores.cpu(), rows.cpu() + start))
         if pair_rows.numel():
             inside = (pair_rows >= start) & (pair_rows < stop)
             q_in, rows_in = pair_queries[inside], pair_rows[inside]
