@@ -10,6 +10,7 @@ query-view entropy).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,3 +67,39 @@ def test_two_nodes_match_single_process(tmp_path: Path, case: str) -> None:
     for single, g0, g1 in zip(encoder.parameters(), ranks[0]["grads"], ranks[1]["grads"], strict=True):
         assert torch.equal(g0, g1)  # DDP synchronised the gradients across the two nodes
         assert torch.allclose(g0, single.grad, atol=1e-5, rtol=0), (g0 - single.grad).abs().max()
+
+
+def test_run_py_trains_on_two_torchrun_nodes(tmp_path: Path, tiny_beir: Path) -> None:
+    """The documented launch, end to end: ``torchrun --nnodes 2 ... run.py trainer=ddp trainer.num_nodes=2``.
+
+    Both ranks start together from an empty root (one creates the MLflow tables: a file lock), share one run
+    folder, and finish; rank 0 alone records and closes the MLflow run and exports the model.
+    """
+    from tests.conftest import tiny_overrides
+    from tests.faults import RUN_PY, all_runs, child_env
+
+    root, port = tmp_path / "root", free_port()
+    overrides = [
+        *tiny_overrides(root, tiny_beir),
+        f"hydra.run.dir={root / 'run'}",
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", f"trainer.num_nodes={NODES}",
+        "trainer.precision=32-true",
+    ]  # fmt: skip
+    env = {**child_env(), "GLOO_SOCKET_IFNAME": "lo", "PYTHONWARNINGS": "ignore"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nnodes={NODES}", "--nproc-per-node=1",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=causalneg-run-py",
+        "--max-restarts=0", str(RUN_PY), *overrides,
+    ]  # fmt: skip
+    procs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(NODES)
+    ]
+    outputs = [proc.communicate(timeout=300)[0].decode(errors="replace") for proc in procs]
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out[-4000:]
+    runs = all_runs(root)
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    recorded = json.loads((root / "run" / "mlflow_run.json").read_text())
+    assert recorded["run_id"] == runs[0].info.run_id
+    assert (root / "run" / "model").is_dir()
