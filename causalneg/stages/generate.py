@@ -33,6 +33,7 @@ from causalneg.generation.artifact import (
     generation_manifest,
     generation_query_ids,
     generation_split,
+    generator_model_id,
     journal_path,
     mining_cfg,
     uses_candidates,
@@ -41,6 +42,15 @@ from causalneg.generation.backends.base import SamplingConfig
 from causalneg.generation.filters import Embedder, FilterConfig, corpus_length_band
 from causalneg.generation.pipeline import PipelineResult, PipelineSettings, run_pipeline
 from causalneg.generation.prompting import PromptInputs, clip, preview, render_messages, resolve_profile
+from causalneg.generation.ray_driver import RayOptions, generate_on_ray
+from causalneg.generation.sharding import (
+    ReplayOnlyBackend,
+    fold_shard_journals,
+    parse_shard,
+    shard_items,
+    shard_journal,
+    write_receipt,
+)
 from causalneg.generation.store import RequestStore
 from causalneg.records import RetrievalDataset
 from causalneg.stages.common import apply_runtime, load_dataset
@@ -253,8 +263,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from causalneg.tracking.runs import sigterm_exits
 
     # SIGTERM -> SystemExit while a backend may be alive: each `finally: backend.close()` below runs.
+    spec = parse_shard(cfg.generation.get("shard"))  # job arrays: generation.shard=i/n, then merge/n
     with sigterm_exits():
         if str(cfg.generation.method) == "grounded":
+            if spec is not None:
+                raise ConfigError("generation.shard is implemented for generation=causalneg and naive")
             from causalneg.stages.generate_grounded import run_grounded_stage
 
             backend = build_backend(cfg.generation)
@@ -272,13 +285,33 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "corpus_chars": list(filters.corpus_chars),
                 }
             embed = build_embedder(cfg, filters)
-            backend = build_backend(cfg.generation)
+            journal = journal_path(cfg, dataset)
+            if spec is not None and spec.is_merge:  # every request is in a shard journal: replay them
+                fold_shard_journals(directory, journal, spec, manifest.fingerprint)
+                backend = ReplayOnlyBackend(spec, generator_model_id(cfg.generation.model))
+            else:
+                if spec is not None:
+                    items, journal = shard_items(items, spec), shard_journal(journal, spec)
+                ray_options = RayOptions.from_dict(_mapping(cfg.generation.get("ray")))
+                if ray_options.enabled:  # Ray Data workers journal every request; this process replays
+                    resolved = _mapping(cfg)
+                    print(
+                        f"[generate] ray: {generate_on_ray(resolved, items, filters, journal, ray_options)}"
+                    )
+                    backend = ReplayOnlyBackend(None, generator_model_id(cfg.generation.model))
+                else:
+                    backend = build_backend(cfg.generation)
             try:
-                store = RequestStore(journal_path(cfg, dataset))
+                store = RequestStore(journal)
                 result = run_pipeline(items, backend, store, pipeline_settings(cfg), filters, embed)
             finally:
                 backend.close()
             store_fresh = {**store.fresh, "journal": str(store.path)}
+    if spec is not None and not spec.is_merge:  # a shard job leaves its journal and a receipt, no artifact
+        query_ids = [row["query_id"] for row in result.rows]
+        receipt = write_receipt(directory, spec, manifest.fingerprint, query_ids, result.counts)
+        print(f"[generate] {spec.tag}: {len(query_ids)} queries journaled; receipt {receipt}")
+        return {"shard": spec.tag, "receipt": str(receipt), **result.counts}
     manifest.counts = {
         **result.counts,
         "wall_seconds": round(time.perf_counter() - started, 2),

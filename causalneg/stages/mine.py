@@ -1,6 +1,7 @@
 """stage=mine: mine hard negatives for the training split (and the dev split when ``data.mine_dev``) and write
 them as artifacts (causalneg.data.mining.artifact). An existing complete artifact with the same fingerprint is
-reused, so running the stage twice mines once.
+reused, so running the stage twice mines once. Dense mining under a multi-process trainer (``trainer=ddp
+trainer.devices=N``) encodes and searches the corpus shards on N ranks (``mining.dense.shard_size``).
 
     python run.py stage=mine [mining=bm25|dense] [dataset=...] [data.max_train_queries=N]
 """
@@ -49,13 +50,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         apply_runtime(cfg)
     dataset = _load_dataset(cfg)
     encoder: DualEncoder | None = None
+    fabric = None
+    if str(cfg.mining.method) == "dense" and cfg.get("trainer") is not None:
+        from causalneg.evaluation.launch import launch_fabric, wants_processes
+
+        if wants_processes(
+            cfg.trainer
+        ):  # trainer=ddp trainer.devices=N: each rank mines on its corpus shards
+            fabric = launch_fabric(cfg.trainer)
 
     def factory() -> DualEncoder:
         from causalneg.stages.common import build_encoder
 
         nonlocal encoder  # one encoder for both splits, built only if some split is actually mined
         if encoder is None:
-            encoder = build_encoder(cfg)
+            encoder = build_encoder(cfg) if fabric is None else build_encoder(cfg).to(fabric.device)
         return encoder
 
     artifacts: dict[str, str] = {}
@@ -64,9 +73,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         split_cfg = cfg.copy()
         with open_dict(split_cfg):
             split_cfg.mining.split = split
-        directory = ensure_mined(split_cfg, dataset, encoder_factory=factory)
+        directory = ensure_mined(split_cfg, dataset, encoder_factory=factory, distributed=fabric is not None)
         artifacts[split] = str(directory)
         counts[split] = load_manifest(directory).counts
+    if fabric is not None and fabric.global_rank != 0:
+        return {"artifacts": artifacts, "counts": counts}
     print(f"\n[causalneg] {cfg.mining.method} mining on {dataset.name}:")
     for split, c in counts.items():
         summary = ", ".join(f"{k}={c.get(k, 0)}" for k in SHOWN)

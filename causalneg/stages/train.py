@@ -214,7 +214,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log_json(logger, per_query, "metrics/test_per_query.json")
         log_json(logger, {"start": start.metrics, "final": final.metrics}, "metrics/test.json")
         # overwrite: re-running the same command in the same folder (resume) re-exports the final model.
-        export_dir = export_sentence_transformers(system.encoder, output_dir / "model", overwrite=True)
+        export_dir = output_dir / "model"
+        if trainer.is_global_zero:  # one writer (several ranks share the run folder under torchrun/SLURM)
+            export_dir = export_sentence_transformers(system.encoder, export_dir, overwrite=True)
 
     print_summary(start.metrics, final.metrics, str(cfg.arm), export_dir)
     return {

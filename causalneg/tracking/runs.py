@@ -9,6 +9,7 @@ left RUNNING before starting a new one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import signal
 import tempfile
@@ -22,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from causalneg.artifacts import atomic_write_json
@@ -99,8 +101,36 @@ def build_mlflow_logger(cfg: DictConfig, run_file: Path | None = None, resume: b
     """
     log_cfg = cfg.logger
     uri = str(log_cfg.tracking_uri)
+    with _store_lock(uri):  # ranks of a torchrun/SLURM job start together: one creates the SQLite tables
+        logger = _build_logger(cfg, log_cfg, uri, run_file, resume)
+    return logger
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<db>.lock`` beside a ``sqlite:///`` store (no-op for other stores): MLflow
+    creates and migrates the tables on first use, and two processes doing it at once fail."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_logger(
+    cfg: DictConfig, log_cfg: DictConfig, uri: str, run_file: Path | None, resume: bool
+) -> RunLogger:
     check_tracking_uri(uri)
-    run_id = previous_run(run_file, uri, resume) if run_file is not None else None
+    # Under a multi-process launch only rank 0 owns the run (Lightning gives the others a dummy experiment): the
+    # others neither continue nor close a recorded run, nor record theirs.
+    rank_zero = int(getattr(rank_zero_only, "rank", 0)) == 0
+    run_id = previous_run(run_file, uri, resume) if run_file is not None and rank_zero else None
     tags = {
         "arm": str(cfg.arm),
         "seed": str(cfg.seed),
@@ -123,7 +153,7 @@ def build_mlflow_logger(cfg: DictConfig, run_file: Path | None = None, resume: b
     # A continued run keeps its first params (MLflow refuses changed values); the restart's config is kept too.
     config_file = "config/run.yaml" if run_id is None else "config/resumed_run.yaml"
     log_text(logger, OmegaConf.to_yaml(cfg, resolve=True), config_file)
-    if run_file is not None:
+    if run_file is not None and rank_zero:
         atomic_write_json(run_file, {"run_id": logger.run_id, "tracking_uri": uri})
     return logger
 

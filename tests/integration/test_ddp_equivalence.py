@@ -73,10 +73,10 @@ def make_encoder() -> nn.Linear:
     return nn.Linear(D_IN, D).double()
 
 
-def step(
+def forward(
     encoder: nn.Module, data: dict[str, Tensor], in_batch: bool, weight: float, masking: bool
 ) -> tuple[Tensor, Tensor]:
-    """Encode (one forward call, as DDP expects), compute the objective, backward. Returns (loss, entropy)."""
+    """Encode (one forward call, as DDP expects) and compute the objective. Returns (loss, entropy)."""
     b, k = data["xn"].shape[:2]
     x = torch.cat([data["xq"], data["xp"], data["xn"].reshape(b * k, D_IN)])
     emb = F.normalize(encoder(x), dim=-1)
@@ -89,8 +89,16 @@ def step(
     out = objective(q, p, n, data["source"], data["mask"], keys)
     if masking:
         assert out.stats["masked/judged_positive"] > 0
-    out.loss.backward()
-    return out.loss.detach(), out.parts.get("loss/reg/qve", torch.zeros(()))
+    return out.loss, out.parts.get("loss/reg/qve", torch.zeros(()))
+
+
+def step(
+    encoder: nn.Module, data: dict[str, Tensor], in_batch: bool, weight: float, masking: bool
+) -> tuple[Tensor, Tensor]:
+    """:func:`forward`, then backward. Returns (loss, entropy), detached."""
+    loss, entropy = forward(encoder, data, in_batch, weight, masking)
+    loss.backward()
+    return loss.detach(), entropy.detach()
 
 
 def local_half(data: dict[str, Tensor], rank: int) -> dict[str, Tensor]:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 KIND = "mined"
 METHODS = ("bm25", "dense")
-IGNORED_KEYS = {"dense": ("batch_size", "chunk_size", "cache", "progress")}
+IGNORED_KEYS = {"dense": ("batch_size", "chunk_size", "cache", "progress", "shard_size")}
 
 
 def _container(node: Any) -> dict[str, Any]:
@@ -142,6 +142,7 @@ def _retrieve(
     dataset: RetrievalDataset,
     query_ids: list[str],
     encoder: Callable[[], DualEncoder],
+    distributed: bool = False,
 ) -> list[RankedCandidates]:
     mining = _container(cfg.mining)
     split, top_k = str(mining["split"]), int(mining.get("top_k", 100))
@@ -165,6 +166,8 @@ def _retrieve(
         cache=cache,
         chunk_size=int(dense.get("chunk_size", 16384)),
         progress=bool(dense.get("progress", False)),
+        shard_size=dense.get("shard_size"),
+        distributed=distributed,
     )
 
 
@@ -194,16 +197,31 @@ def _publish(tmp: Path, directory: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _rank() -> int:
+    import torch.distributed as dist  # not at module level: BM25 mining never imports torch
+
+    return dist.get_rank()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
 def ensure_mined(
     cfg: DictConfig,
     dataset: RetrievalDataset,
     encoder: DualEncoder | None = None,
     encoder_factory: Callable[[], DualEncoder] | None = None,
+    distributed: bool = False,
 ) -> Path:
     """The complete mined artifact for ``cfg.mining`` on ``dataset``: reused if present, else mined.
 
     Dense mining uses ``encoder``, else ``encoder_factory()``, else ``DualEncoder.from_config(cfg.model)``
-    (built only when mining actually runs).
+    (built only when mining actually runs). With ``distributed`` (``stage=mine`` under a multi-process trainer)
+    every rank of the process group must call this: each encodes and searches its corpus shards, rank 0 writes
+    the artifact, and all return after it is complete.
     """
     manifest, query_ids = mining_manifest(cfg, dataset)
     directory = _directory(cfg, dataset, manifest)
@@ -220,7 +238,10 @@ def ensure_mined(
         return DualEncoder.from_config(_container(cfg.model), cache_dir=str(cfg.paths.cache_dir))
 
     started = time.perf_counter()
-    ranked = _retrieve(cfg, dataset, query_ids, get_encoder)
+    ranked = _retrieve(cfg, dataset, query_ids, get_encoder, distributed)
+    if distributed and _rank() != 0:
+        _barrier()  # rank 0 writes the artifact
+        return directory
     kept, counts = filter_all(ranked, filter_config(manifest.config))
     manifest.counts = {**counts, "seconds": round(time.perf_counter() - started, 3)}
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -231,6 +252,8 @@ def ensure_mined(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if distributed:
+            _barrier()
     return directory
 
 

@@ -1,0 +1,162 @@
+"""Ray Data drives the generation engine across workers; the driver then replays one job's pipeline.
+
+``generation.ray.enabled=true`` (with ``generation.ray.address`` for an existing cluster, ``None``: a local
+``ray.init()``) turns ``stage=generate`` into
+
+1. ``ray.data.from_items(prompt inputs)`` -> ``map_batches(GenerationWorker,
+   compute=ActorPoolStrategy(size=num_workers), num_gpus=num_gpus_per_worker, num_cpus=num_cpus_per_worker,
+   batch_size=batch_size)``: each worker is a Ray
+   actor that builds the configured backend once (vLLM on its GPUs, with ``generation.backend.
+   tensor_parallel_size`` GPUs each; any backend on CPU) and runs :func:`run_pipeline` on its batches. It
+   journals into its own file ``<journal>.ray-<worker id>.jsonl`` and starts from the main journal's finished
+   requests, so a rerun after a failure only sends what is missing. Data parallelism = the number of workers.
+2. The driver folds every worker journal into the main journal and replays the whole pipeline with
+   :class:`~causalneg.generation.sharding.ReplayOnlyBackend`, exactly as the job-array merge does: the artifact,
+   its rows and its fingerprint are those of one process (request keys do not depend on the worker).
+
+Workers run the same filters as the driver (the similarity filter's encoder too): a request is retried when
+all its negatives are rejected, so a worker that filtered differently would send other requests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from causalneg.errors import ConfigError, MissingDependencyError
+from causalneg.generation.prompting import PromptInputs
+from causalneg.generation.store import RequestStore
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """``generation.ray``: where the cluster is and how many workers with which resources."""
+
+    enabled: bool = False
+    address: str | None = None  # None: start a local Ray instance (ray.init()); "auto": the running cluster
+    num_workers: int = 2  # actors, each with its own engine (data parallelism)
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 0.0  # vLLM: = generation.backend.tensor_parallel_size
+    batch_size: int = 16  # prompt inputs per map_batches call (each a pipeline run, journaled per chunk)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> RayOptions:
+        values = dict(values or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(
+                f"unknown generation.ray keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        options = cls(**values)
+        if options.num_workers < 1 or options.batch_size < 1:
+            raise ConfigError("generation.ray.num_workers and generation.ray.batch_size must be positive")
+        return options
+
+
+def item_to_json(item: PromptInputs) -> str:
+    return json.dumps(asdict(item), ensure_ascii=False)
+
+
+def item_from_json(text: str) -> PromptInputs:
+    data = json.loads(text)
+    data["candidates"], data["answers"] = tuple(data["candidates"]), tuple(data["answers"])
+    return PromptInputs(**data)
+
+
+def worker_journals(journal: Path) -> list[Path]:
+    """The worker journals written beside ``journal`` (``<stem>.ray-*.jsonl``), sorted."""
+    return sorted(journal.parent.glob(f"{journal.stem}.ray-*{journal.suffix}"))
+
+
+class GenerationWorker:
+    """A Ray Data actor: one backend, one journal; ``__call__`` generates for a batch of prompt inputs."""
+
+    def __init__(self, cfg: dict[str, Any], journal: str, filters: dict[str, Any]) -> None:
+        from causalneg.generation.backends.factory import build_backend
+        from causalneg.generation.filters import FilterConfig
+        from causalneg.stages.generate import build_embedder, pipeline_settings
+
+        self.cfg = OmegaConf.create(cfg)
+        self.settings = pipeline_settings(self.cfg)
+        corpus_chars = filters.get("corpus_chars")
+        self.filters = FilterConfig(
+            **{**filters, "corpus_chars": tuple(corpus_chars) if corpus_chars else None}
+        )
+        self.embed = build_embedder(self.cfg, self.filters)
+        self.backend = build_backend(self.cfg.generation)
+        main = Path(journal)
+        self.store = RequestStore(main.with_name(f"{main.stem}.ray-{uuid.uuid4().hex[:12]}{main.suffix}"))
+        self.store.records.update(RequestStore(main).records)  # finished elsewhere: not sent again
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from causalneg.generation.pipeline import run_pipeline
+
+        items = [item_from_json(str(text)) for text in batch["item"]]
+        result = run_pipeline(items, self.backend, self.store, self.settings, self.filters, self.embed)
+        return {
+            "query_id": np.array([row["query_id"] for row in result.rows]),
+            "kept": np.array([len(row["negatives"]) for row in result.rows]),
+            "journal": np.array([str(self.store.path)] * len(result.rows)),
+        }
+
+
+def _init_ray(options: RayOptions) -> Any:
+    if importlib.util.find_spec("ray") is None:
+        raise MissingDependencyError("ray[data]", extra="ray", hint="for generation.ray.enabled=true")
+    import ray
+
+    if not ray.is_initialized():
+        if options.address:
+            ray.init(address=options.address, ignore_reinit_error=True, log_to_driver=False)
+        else:  # a local instance; its workers import this checkout of causalneg
+            root = str(Path(__file__).resolve().parents[2])
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+            ray.init(
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": {"PYTHONPATH": path, "TORCHDYNAMO_DISABLE": "1"}},
+            )
+    return ray
+
+
+def generate_on_ray(
+    cfg: dict[str, Any], items: Sequence[PromptInputs], filters: Any, journal: Path, options: RayOptions
+) -> dict[str, Any]:
+    """Run every item's requests on Ray Data workers, fold their journals into ``journal``; returns stats."""
+    ray = _init_ray(options)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    rows = [{"item": item_to_json(item)} for item in items]
+    if not rows:
+        return {"workers": 0, "queries": 0}
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), options.num_workers * 4)))
+    out = dataset.map_batches(
+        GenerationWorker,
+        fn_constructor_kwargs={"cfg": cfg, "journal": str(journal), "filters": asdict(filters)},
+        batch_size=options.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=options.num_workers),
+        num_cpus=options.num_cpus_per_worker,
+        num_gpus=options.num_gpus_per_worker or None,
+    ).take_all()
+    main = RequestStore(journal)
+    folded = 0
+    for path in worker_journals(journal):
+        records = list(RequestStore(path).records.values())
+        main.append(records)  # durable (fsync) before the worker journal goes
+        folded += len(records)
+        path.unlink()
+    return {
+        "workers": len({row["journal"] for row in out}),
+        "queries": len(out),
+        "journal_records_folded": folded,
+    }
