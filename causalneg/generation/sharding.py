@@ -18,6 +18,13 @@ stage, attempt), never on which job or batch sent them.
 
 A shard that did not finish makes the merge fail naming the shard (``ConfigError``); rerun that
 ``generation.shard=i/n`` (it resumes from its own journal) and merge again.
+
+``generation=grounded`` shards the same way (:mod:`causalneg.stages.generate_grounded`). Its request keys also
+carry ``+scores`` for the judge's stages when the generating backend scores choices, so each receipt records the
+generating backend's key signature (``model_id``, ``scores``) and the merge replays with a backend that presents
+the same one (:func:`grounded_replay_backend`). The grounded pipeline turns a ``ConfigError`` from its backend
+into one failed request (a schema the engine cannot compile), so its replay backend raises :class:`ReplayMiss`
+instead, which the stage reports as a ``ConfigError`` naming the missing requests.
 """
 
 from __future__ import annotations
@@ -93,19 +100,24 @@ def receipt_path(artifact_dir: Path, spec: ShardSpec, index: int | None = None) 
 
 
 def write_receipt(
-    artifact_dir: Path, spec: ShardSpec, fingerprint: str, query_ids: list[str], counts: dict
+    artifact_dir: Path,
+    spec: ShardSpec,
+    fingerprint: str,
+    query_ids: list[str],
+    counts: dict,
+    backend: dict[str, Any] | None = None,
 ) -> Path:
+    """The shard's receipt; ``backend``: the generating backend's key signature (:func:`backend_key_signature`)."""
     path = receipt_path(artifact_dir, spec)
-    atomic_write_json(
-        path,
-        {
-            "fingerprint": fingerprint,
-            "shard": [spec.index, spec.count],
-            "query_ids": query_ids,
-            "counts": counts,
-        },
-    )
+    receipt = {"fingerprint": fingerprint, "shard": [spec.index, spec.count], "query_ids": query_ids}
+    atomic_write_json(path, {**receipt, "counts": counts, **({"backend": backend} if backend else {})})
     return path
+
+
+def backend_key_signature(backend: Any) -> dict[str, Any]:
+    """What of a backend enters request keys: its ``model_id``, and whether it scores choices (the grounded
+    judge's keys then end in ``+scores``)."""
+    return {"model_id": str(backend.model_id), "scores": hasattr(backend, "choice_probabilities")}
 
 
 def fold_shard_journals(
@@ -134,24 +146,72 @@ def fold_shard_journals(
     return folded
 
 
+class ReplayMiss(RuntimeError):
+    """A request in no shard journal, from a grounded replay (not a ``ConfigError``: see the module docstring)."""
+
+
 class ReplayOnlyBackend:
     """A backend for the merge step: every request must already be in the journal; a call is an error."""
 
     name = "replay"
+    refusal: type[Exception] = ConfigError
 
     def __init__(self, spec: ShardSpec | None, model_id: str) -> None:
         self.spec = spec
         self.model_id = model_id  # part of every request key: the generator's id, as the shard jobs used
+        self.missing: list[str] = []  # keys of the requests it was asked for
+
+    def message(self) -> str:
+        keys = ", ".join(k[:12] for k in self.missing[:3])
+        where = f"merge of {self.spec.count} shards" if self.spec else "replay after the Ray Data workers"
+        return (
+            f"{where}: {len(self.missing)} request(s) are in no worker/shard journal (e.g. {keys}); a job stopped "
+            "early or ran with other overrides: rerun it (finished requests are reused), then merge again"
+        )
+
+    def refuse(self, requests: Sequence[GenerationRequest]) -> Exception:
+        self.missing += [r.key for r in requests]
+        return self.refusal(self.message())
 
     def generate(
         self, requests: Sequence[GenerationRequest], schema: type[BaseModel], sampling: SamplingConfig
     ) -> list[RawOutput]:
-        keys = ", ".join(r.key[:12] for r in requests[:3])
-        where = f"merge of {self.spec.count} shards" if self.spec else "replay after the Ray Data workers"
-        raise ConfigError(
-            f"{where}: {len(requests)} request(s) are in no worker/shard journal (e.g. {keys}); a job stopped "
-            "early or ran with other overrides: rerun it (finished requests are reused), then merge again"
-        )
+        raise self.refuse(requests)
 
     def close(self) -> None:
         return None
+
+
+class GroundedReplayBackend(ReplayOnlyBackend):
+    """The grounded merge's replay backend for a generator that does not score choices."""
+
+    refusal = ReplayMiss
+
+
+class ScoringReplayBackend(GroundedReplayBackend):
+    """The grounded merge's replay backend for a generator that scores choices (the judge's keys: ``+scores``)."""
+
+    def choice_probabilities(
+        self, requests: Sequence[GenerationRequest], choices: Sequence[str]
+    ) -> list[dict[str, float]]:
+        raise self.refuse(requests)
+
+
+def grounded_replay_backend(artifact_dir: Path, spec: ShardSpec) -> GroundedReplayBackend:
+    """A replay backend with the key signature that the ``spec.count`` shard receipts record (all the same)."""
+    signatures = []
+    for i in range(spec.count):
+        receipt = json.loads(receipt_path(artifact_dir, spec, i).read_text(encoding="utf-8"))
+        if "backend" not in receipt:
+            raise ConfigError(
+                f"generation.shard={i}/{spec.count}: its receipt records no backend signature (written by an "
+                "older version); rerun that shard (its requests are reused), then merge again"
+            )
+        signatures.append(receipt["backend"])
+    if any(s != signatures[0] for s in signatures):
+        raise ConfigError(
+            f"generation.shard=merge/{spec.count}: the shards ran on different backends {signatures}; rerun "
+            "them with the same generation/backend and generation/model"
+        )
+    cls = ScoringReplayBackend if signatures[0]["scores"] else GroundedReplayBackend
+    return cls(spec, str(signatures[0]["model_id"]))

@@ -1,4 +1,4 @@
-"""stage=generate: LLM negatives for the selected training queries (CausalNeg or naive), as an artifact.
+"""stage=generate: LLM negatives for the selected training queries (CausalNeg, naive or grounded), as an artifact.
 
 ``python run.py stage=generate [generation=naive] [generation/backend=vllm] [generation/model=qwen_coder_1_5b]``;
 ``generation.preview=true`` prints the rendered prompts of the first selected query and exits. Run it in its
@@ -38,13 +38,14 @@ from causalneg.generation.artifact import (
     mining_cfg,
     uses_candidates,
 )
-from causalneg.generation.backends.base import SamplingConfig
+from causalneg.generation.backends.base import GenerationBackend, SamplingConfig
 from causalneg.generation.filters import Embedder, FilterConfig, corpus_length_band
 from causalneg.generation.pipeline import PipelineResult, PipelineSettings, run_pipeline
 from causalneg.generation.prompting import PromptInputs, clip, preview, render_messages, resolve_profile
 from causalneg.generation.ray_driver import RayOptions, generate_on_ray
 from causalneg.generation.sharding import (
     ReplayOnlyBackend,
+    backend_key_signature,
     fold_shard_journals,
     parse_shard,
     shard_items,
@@ -266,15 +267,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     spec = parse_shard(cfg.generation.get("shard"))  # job arrays: generation.shard=i/n, then merge/n
     with sigterm_exits():
         if str(cfg.generation.method) == "grounded":
-            if spec is not None:
-                raise ConfigError("generation.shard is implemented for generation=causalneg and naive")
-            from causalneg.stages.generate_grounded import run_grounded_stage
+            from causalneg.stages.generate_grounded import generate_grounded
 
-            backend = build_backend(cfg.generation)
-            try:
-                result = run_grounded_stage(cfg, dataset, backend, RequestStore(journal_path(cfg, dataset)))
-            finally:
-                backend.close()
+            result, signature = generate_grounded(cfg, dataset, directory, manifest.fingerprint, spec)
             store_fresh: dict[str, Any] = {}
         else:
             items = build_inputs(cfg, dataset)
@@ -286,6 +281,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 }
             embed = build_embedder(cfg, filters)
             journal = journal_path(cfg, dataset)
+            backend: GenerationBackend
             if spec is not None and spec.is_merge:  # every request is in a shard journal: replay them
                 fold_shard_journals(directory, journal, spec, manifest.fingerprint)
                 backend = ReplayOnlyBackend(spec, generator_model_id(cfg.generation.model))
@@ -301,6 +297,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     backend = ReplayOnlyBackend(None, generator_model_id(cfg.generation.model))
                 else:
                     backend = build_backend(cfg.generation)
+            signature = backend_key_signature(backend)
             try:
                 store = RequestStore(journal)
                 result = run_pipeline(items, backend, store, pipeline_settings(cfg), filters, embed)
@@ -309,7 +306,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             store_fresh = {**store.fresh, "journal": str(store.path)}
     if spec is not None and not spec.is_merge:  # a shard job leaves its journal and a receipt, no artifact
         query_ids = [row["query_id"] for row in result.rows]
-        receipt = write_receipt(directory, spec, manifest.fingerprint, query_ids, result.counts)
+        receipt = write_receipt(directory, spec, manifest.fingerprint, query_ids, result.counts, signature)
         print(f"[generate] {spec.tag}: {len(query_ids)} queries journaled; receipt {receipt}")
         return {"shard": spec.tag, "receipt": str(receipt), **result.counts}
     manifest.counts = {

@@ -1,23 +1,42 @@
 """stage=generate with ``generation=grounded``: build the grounded pipeline's inputs from the config, run it.
 
 Kept apart from :mod:`causalneg.stages.generate` (which owns the artifact, its reuse and publication) so that the
-grounded method's settings are read from ``cfg.generation`` in one place.
+grounded method's settings are read from ``cfg.generation`` in one place. :func:`generate_grounded` runs it as one
+job, as a job-array shard (``generation.shard=i/n``: its slice of the queries, its own journal) or as the merge
+(``generation.shard=merge/n``: a replay of the shard journals), as :mod:`causalneg.generation.sharding` describes.
+``generation.ray`` is not implemented for this method (``ConfigError``): its workers run the official pipeline.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from causalneg.generation.artifact import backend_signature, generation_query_ids, generation_split
+from causalneg.errors import ConfigError
+from causalneg.generation.artifact import (
+    backend_signature,
+    generation_query_ids,
+    generation_split,
+    journal_path,
+)
 from causalneg.generation.backends.base import GenerationBackend, SamplingConfig
 from causalneg.generation.grounded.inputs import build_items, document_frequency
 from causalneg.generation.grounded.pipeline import GroundedSettings, Similarity, run_grounded
 from causalneg.generation.grounded.verify import VerifyConfig
 from causalneg.generation.pipeline import PipelineResult
 from causalneg.generation.prompting import resolve_profile
+from causalneg.generation.sharding import (
+    ReplayOnlyBackend,
+    ShardSpec,
+    backend_key_signature,
+    fold_shard_journals,
+    grounded_replay_backend,
+    shard_items,
+    shard_journal,
+)
 from causalneg.generation.store import RequestStore
 from causalneg.records import RetrievalDataset
 
@@ -70,12 +89,56 @@ def build_similarity(cfg: DictConfig) -> Similarity | None:
 
 
 def run_grounded_stage(
-    cfg: DictConfig, dataset: RetrievalDataset, backend: GenerationBackend, store: RequestStore
+    cfg: DictConfig,
+    dataset: RetrievalDataset,
+    backend: GenerationBackend,
+    store: RequestStore,
+    spec: ShardSpec | None = None,
 ) -> PipelineResult:
+    """The grounded pipeline over the selected queries (a shard ``spec``: its contiguous slice of them)."""
     profile = resolve_profile(cfg.generation.get("profile"), dataset.name)
     items = build_items(dataset, generation_split(cfg), generation_query_ids(cfg, dataset), profile)
+    if spec is not None and not spec.is_merge:
+        items = shard_items(items, spec)
     result = run_grounded(
         items, backend, store, grounded_settings(cfg), build_similarity(cfg), document_frequency(dataset)
     )
     result.counts["this_run"] = {**store.fresh, "journal": str(store.path)}
     return result
+
+
+def generate_grounded(
+    cfg: DictConfig, dataset: RetrievalDataset, directory: Path, fingerprint: str, spec: ShardSpec | None
+) -> tuple[PipelineResult, dict[str, Any]]:
+    """One job, shard ``spec`` or the merge of ``spec.count`` shards into ``directory``'s artifact (whose manifest
+    has ``fingerprint``); returns the result and the generating backend's key signature (for the shard receipt).
+
+    The merge replays every request from the shard journals; one that none holds fails it with a ``ConfigError``.
+    """
+    if _plain(cfg.generation.get("ray")).get("enabled"):
+        raise ConfigError(
+            "generation.ray.enabled=true is implemented for generation=causalneg and naive, not grounded; run "
+            "grounded as a job array instead: generation.shard=i/n per job, then generation.shard=merge/n (SCALE.md)"
+        )
+    journal = journal_path(cfg, dataset)
+    backend: GenerationBackend
+    if spec is not None and spec.is_merge:
+        fold_shard_journals(directory, journal, spec, fingerprint)
+        backend = grounded_replay_backend(directory, spec)
+    else:
+        from causalneg.generation.backends.factory import build_backend
+
+        journal = journal if spec is None else shard_journal(journal, spec)
+        backend = build_backend(cfg.generation)
+    signature = backend_key_signature(backend)
+    try:
+        result = run_grounded_stage(cfg, dataset, backend, RequestStore(journal), spec)
+    except Exception as err:  # a miss surfaces as the judge's or the pipeline's own error: name it
+        if isinstance(backend, ReplayOnlyBackend) and backend.missing:
+            raise ConfigError(backend.message()) from err
+        raise
+    finally:
+        backend.close()
+    if isinstance(backend, ReplayOnlyBackend) and backend.missing:
+        raise ConfigError(backend.message())
+    return result, signature
