@@ -16,6 +16,11 @@
 
 Workers run the same filters as the driver (the similarity filter's encoder too): a request is retried when
 all its negatives are rejected, so a worker that filtered differently would send other requests.
+
+``generation=grounded`` runs the same way (:func:`generate_grounded_on_ray`): each :class:`GroundedWorker` loads
+the dataset once (the verification's document frequencies are the whole corpus's) and runs
+:func:`~causalneg.generation.grounded.pipeline.run_grounded` on its batches; the workers report their backend's
+key signature (model id, whether it scores choices), which the driver's replay backend must present.
 """
 
 from __future__ import annotations
@@ -109,6 +114,54 @@ class GenerationWorker:
         }
 
 
+def grounded_item_to_json(item: Any) -> str:
+    return json.dumps(asdict(item), ensure_ascii=False)
+
+
+def grounded_item_from_json(text: str) -> Any:
+    from causalneg.generation.grounded.pipeline import GroundedItem
+
+    data = json.loads(text)
+    data["positives"] = tuple(tuple(p) for p in data["positives"])
+    data["answers"], data["titles"] = tuple(data["answers"]), tuple(data["titles"])
+    return GroundedItem(**data)
+
+
+class GroundedWorker:
+    """A Ray Data actor for ``generation=grounded``: one backend, one journal, the dataset's document frequencies."""
+
+    def __init__(self, cfg: dict[str, Any], journal: str) -> None:
+        from causalneg.generation.backends.factory import build_backend
+        from causalneg.generation.grounded.inputs import document_frequency
+        from causalneg.stages.common import load_dataset
+        from causalneg.stages.generate_grounded import build_similarity, grounded_settings
+
+        self.cfg = OmegaConf.create(cfg)
+        self.settings = grounded_settings(self.cfg)
+        self.similarity = build_similarity(self.cfg)
+        self.document_frequency = document_frequency(load_dataset(self.cfg))
+        self.backend = build_backend(self.cfg.generation)
+        main = Path(journal)
+        self.store = RequestStore(main.with_name(f"{main.stem}.ray-{uuid.uuid4().hex[:12]}{main.suffix}"))
+        self.store.records.update(RequestStore(main).records)  # finished elsewhere: not sent again
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from causalneg.generation.grounded.pipeline import run_grounded
+
+        items = [grounded_item_from_json(str(text)) for text in batch["item"]]
+        result = run_grounded(
+            items, self.backend, self.store, self.settings, self.similarity, self.document_frequency
+        )
+        n = len(result.rows)
+        return {
+            "query_id": np.array([row["query_id"] for row in result.rows]),
+            "kept": np.array([len(row["negatives"]) for row in result.rows]),
+            "journal": np.array([str(self.store.path)] * n),
+            "model_id": np.array([str(self.backend.model_id)] * n),
+            "scores": np.array([hasattr(self.backend, "choice_probabilities")] * n),
+        }
+
+
 def _init_ray(options: RayOptions) -> Any:
     if importlib.util.find_spec("ray") is None:
         raise MissingDependencyError("ray[data]", extra="ray", hint="for generation.ray.enabled=true")
@@ -132,16 +185,39 @@ def generate_on_ray(
     cfg: dict[str, Any], items: Sequence[PromptInputs], filters: Any, journal: Path, options: RayOptions
 ) -> dict[str, Any]:
     """Run every item's requests on Ray Data workers, fold their journals into ``journal``; returns stats."""
+    kwargs = {"cfg": cfg, "journal": str(journal), "filters": asdict(filters)}
+    stats, _ = _drive(GenerationWorker, kwargs, [item_to_json(item) for item in items], journal, options)
+    return stats
+
+
+def generate_grounded_on_ray(
+    cfg: dict[str, Any], items: Sequence[Any], journal: Path, options: RayOptions
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """:func:`generate_on_ray` for ``generation=grounded`` items; also returns the workers' backend key
+    signature (``{"model_id", "scores"}``; None when there was nothing to generate)."""
+    kwargs = {"cfg": cfg, "journal": str(journal)}
+    stats, out = _drive(GroundedWorker, kwargs, [grounded_item_to_json(i) for i in items], journal, options)
+    signatures = {(str(row["model_id"]), bool(row["scores"])) for row in out}
+    if len(signatures) > 1:
+        raise ConfigError(f"generation.ray: the workers ran on different backends {sorted(signatures)}")
+    signature = next(iter(signatures), None)
+    return stats, None if signature is None else {"model_id": signature[0], "scores": signature[1]}
+
+
+def _drive(
+    worker: type, kwargs: dict[str, Any], items: list[str], journal: Path, options: RayOptions
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``map_batches(worker)`` over the JSON ``items``, then fold the worker journals; (stats, output rows)."""
     ray = _init_ray(options)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    rows = [{"item": item_to_json(item)} for item in items]
+    rows = [{"item": item} for item in items]
     if not rows:
-        return {"workers": 0, "queries": 0}
+        return {"workers": 0, "queries": 0}, []
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), options.num_workers * 4)))
     out = dataset.map_batches(
-        GenerationWorker,
-        fn_constructor_kwargs={"cfg": cfg, "journal": str(journal), "filters": asdict(filters)},
+        worker,
+        fn_constructor_kwargs=kwargs,
         batch_size=options.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=options.num_workers),
@@ -155,8 +231,9 @@ def generate_on_ray(
         main.append(records)  # durable (fsync) before the worker journal goes
         folded += len(records)
         path.unlink()
-    return {
+    stats = {
         "workers": len({row["journal"] for row in out}),
         "queries": len(out),
         "journal_records_folded": folded,
     }
+    return stats, out

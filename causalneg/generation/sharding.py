@@ -213,5 +213,10 @@ def grounded_replay_backend(artifact_dir: Path, spec: ShardSpec) -> GroundedRepl
             f"generation.shard=merge/{spec.count}: the shards ran on different backends {signatures}; rerun "
             "them with the same generation/backend and generation/model"
         )
-    cls = ScoringReplayBackend if signatures[0]["scores"] else GroundedReplayBackend
-    return cls(spec, str(signatures[0]["model_id"]))
+    return grounded_replay(spec, signatures[0])
+
+
+def grounded_replay(spec: ShardSpec | None, signature: dict[str, Any]) -> GroundedReplayBackend:
+    """A grounded replay backend with ``signature`` (:func:`backend_key_signature`); ``spec`` None: after Ray."""
+    cls = ScoringReplayBackend if signature["scores"] else GroundedReplayBackend
+    return cls(spec, str(signature["model_id"]))

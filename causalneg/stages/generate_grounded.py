@@ -4,7 +4,8 @@ Kept apart from :mod:`causalneg.stages.generate` (which owns the artifact, its r
 grounded method's settings are read from ``cfg.generation`` in one place. :func:`generate_grounded` runs it as one
 job, as a job-array shard (``generation.shard=i/n``: its slice of the queries, its own journal) or as the merge
 (``generation.shard=merge/n``: a replay of the shard journals), as :mod:`causalneg.generation.sharding` describes.
-``generation.ray`` is not implemented for this method (``ConfigError``): its workers run the official pipeline.
+With ``generation.ray.enabled=true`` Ray Data workers generate and this process replays, as for the official
+methods (:func:`causalneg.generation.ray_driver.generate_grounded_on_ray`).
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ from causalneg.generation.artifact import (
 )
 from causalneg.generation.backends.base import GenerationBackend, SamplingConfig
 from causalneg.generation.grounded.inputs import build_items, document_frequency
-from causalneg.generation.grounded.pipeline import GroundedSettings, Similarity, run_grounded
+from causalneg.generation.grounded.pipeline import GroundedItem, GroundedSettings, Similarity, run_grounded
 from causalneg.generation.grounded.verify import VerifyConfig
 from causalneg.generation.pipeline import PipelineResult
 from causalneg.generation.prompting import resolve_profile
+from causalneg.generation.ray_driver import RayOptions, generate_grounded_on_ray
 from causalneg.generation.sharding import (
     ReplayOnlyBackend,
     ShardSpec,
     backend_key_signature,
     fold_shard_journals,
+    grounded_replay,
     grounded_replay_backend,
     shard_items,
     shard_journal,
@@ -88,6 +91,13 @@ def build_similarity(cfg: DictConfig) -> Similarity | None:
     return similarity
 
 
+def _items(cfg: DictConfig, dataset: RetrievalDataset, spec: ShardSpec | None) -> list[GroundedItem]:
+    """The selected queries' items (a shard ``spec``: its contiguous slice of them)."""
+    profile = resolve_profile(cfg.generation.get("profile"), dataset.name)
+    items = build_items(dataset, generation_split(cfg), generation_query_ids(cfg, dataset), profile)
+    return shard_items(items, spec) if spec is not None and not spec.is_merge else items
+
+
 def run_grounded_stage(
     cfg: DictConfig,
     dataset: RetrievalDataset,
@@ -96,12 +106,13 @@ def run_grounded_stage(
     spec: ShardSpec | None = None,
 ) -> PipelineResult:
     """The grounded pipeline over the selected queries (a shard ``spec``: its contiguous slice of them)."""
-    profile = resolve_profile(cfg.generation.get("profile"), dataset.name)
-    items = build_items(dataset, generation_split(cfg), generation_query_ids(cfg, dataset), profile)
-    if spec is not None and not spec.is_merge:
-        items = shard_items(items, spec)
     result = run_grounded(
-        items, backend, store, grounded_settings(cfg), build_similarity(cfg), document_frequency(dataset)
+        _items(cfg, dataset, spec),
+        backend,
+        store,
+        grounded_settings(cfg),
+        build_similarity(cfg),
+        document_frequency(dataset),
     )
     result.counts["this_run"] = {**store.fresh, "journal": str(store.path)}
     return result
@@ -115,16 +126,19 @@ def generate_grounded(
 
     The merge replays every request from the shard journals; one that none holds fails it with a ``ConfigError``.
     """
-    if _plain(cfg.generation.get("ray")).get("enabled"):
-        raise ConfigError(
-            "generation.ray.enabled=true is implemented for generation=causalneg and naive, not grounded; run "
-            "grounded as a job array instead: generation.shard=i/n per job, then generation.shard=merge/n (SCALE.md)"
-        )
     journal = journal_path(cfg, dataset)
+    ray_options = RayOptions.from_dict(_plain(cfg.generation.get("ray")))
     backend: GenerationBackend
     if spec is not None and spec.is_merge:
         fold_shard_journals(directory, journal, spec, fingerprint)
         backend = grounded_replay_backend(directory, spec)
+    elif ray_options.enabled:  # Ray Data workers journal every request; this process replays them
+        journal = journal if spec is None else shard_journal(journal, spec)
+        stats, signature = generate_grounded_on_ray(
+            _plain(cfg), _items(cfg, dataset, spec), journal, ray_options
+        )
+        print(f"[generate] ray: {stats}")
+        backend = grounded_replay(None, signature or {"model_id": "", "scores": False})
     else:
         from causalneg.generation.backends.factory import build_backend
 

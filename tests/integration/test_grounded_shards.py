@@ -4,7 +4,8 @@ With the scripted backend of the grounded pipeline's tests (it scores the judge'
 keys carry ``+scores`` and the merge's replay backend must present the same signature), the merged artifact must
 equal the single job's row for row (rows, rejections, decompositions, manifest fingerprint), every request is sent
 once, by one shard, and none by the merge; a merge whose shard journals lack a request, generated or scored, fails
-with a ``ConfigError`` instead of counting the request as failed. ``generation.ray`` is refused for grounded.
+with a ``ConfigError`` instead of counting the request as failed. On the real engine (``slow``): the same equality
+for shards, and for ``generation.ray.enabled=true`` (two local Ray Data workers).
 """
 
 from __future__ import annotations
@@ -118,17 +119,6 @@ def test_two_grounded_shards_and_merge_equal_one_job(
     assert dispatch(compose_cfg(overrides))["reused"]
 
 
-def test_ray_is_refused_for_grounded(
-    tmp_path: Path, compose_cfg: Callable[[list[str]], Any], scripted: list[ScriptedBackend]
-) -> None:
-    overrides = grounded_overrides(tmp_path / "root", write_beir(tmp_path / "beir"))
-    with pytest.raises(
-        ConfigError, match=r"generation\.ray\.enabled=true .* not grounded.*generation\.shard"
-    ):
-        dispatch(compose_cfg([*overrides, "generation.ray.enabled=true"]))
-    assert scripted == []
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_grounded_shards_on_llamacpp_equal_one_job(
@@ -158,3 +148,40 @@ def test_grounded_shards_on_llamacpp_equal_one_job(
     merged = dispatch(compose_cfg([*overrides(root), "generation.shard=merge/2"]))
     assert merged["this_run"]["requests"] == 0  # the merge generated nothing
     assert _artifact(merged) == _artifact(single)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_grounded_on_ray_workers_equals_one_job(
+    tmp_path: Path, compose_cfg: Callable[[list[str]], Any]
+) -> None:
+    """Two local Ray Data workers (llama.cpp each) journal the requests; the driver's replay is the one job."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make install builds it)")
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'causalneg[ray]')")
+    from tests.faults.test_grounded_resume import journal_lines
+    from tests.faults.test_grounded_resume import overrides as llamacpp_overrides
+
+    beir = write_beir(tmp_path / "beir")
+    cache = tmp_path / "cache"
+
+    def overrides(root: Path) -> list[str]:
+        return [*llamacpp_overrides(root, beir, cache), "generation.limit=2"]
+
+    single = dispatch(compose_cfg(overrides(tmp_path / "one")))
+    workers = [
+        "generation.ray.enabled=true",
+        "generation.ray.num_workers=2",
+        "generation.ray.num_cpus_per_worker=0.5",
+        "generation.ray.batch_size=1",  # one query per call: both workers get one
+    ]
+    try:
+        on_ray = dispatch(compose_cfg([*overrides(tmp_path / "ray"), *workers]))
+    finally:
+        ray.shutdown()
+    assert on_ray["this_run"]["requests"] == 0  # the driver replayed; the workers generated
+    journal_dir = tmp_path / "ray" / "artifacts" / "mini" / "generated" / "journal"
+    assert not list(journal_dir.glob("*.ray-*.jsonl"))  # folded into the main journal
+    keys = [r["key"] for r in journal_lines(tmp_path / "ray")]
+    assert sorted(keys) == sorted(r["key"] for r in journal_lines(tmp_path / "one"))  # each request once
+    assert any(r["stage"] == "judge" for r in journal_lines(tmp_path / "ray"))  # scored: keys with "+scores"
+    assert _artifact(on_ray) == _artifact(single)
