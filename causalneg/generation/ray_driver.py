@@ -98,9 +98,7 @@ class GenerationWorker:
         )
         self.embed = build_embedder(self.cfg, self.filters)
         self.backend = build_backend(self.cfg.generation)
-        main = Path(journal)
-        self.store = RequestStore(main.with_name(f"{main.stem}.ray-{uuid.uuid4().hex[:12]}{main.suffix}"))
-        self.store.records.update(RequestStore(main).records)  # finished elsewhere: not sent again
+        self.store = worker_store(journal)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from causalneg.generation.pipeline import run_pipeline
@@ -112,6 +110,15 @@ class GenerationWorker:
             "kept": np.array([len(row["negatives"]) for row in result.rows]),
             "journal": np.array([str(self.store.path)] * len(result.rows)),
         }
+
+
+def worker_store(journal: str) -> RequestStore:
+    """A worker's own journal beside the main one (``<stem>.ray-<id>.jsonl``), seeded with the main journal's
+    records so that a request finished elsewhere is not sent again."""
+    main = Path(journal)
+    store = RequestStore(main.with_name(f"{main.stem}.ray-{uuid.uuid4().hex[:12]}{main.suffix}"))
+    store.records.update(RequestStore(main).records)
+    return store
 
 
 def grounded_item_to_json(item: Any) -> str:
@@ -141,9 +148,7 @@ class GroundedWorker:
         self.similarity = build_similarity(self.cfg)
         self.document_frequency = document_frequency(load_dataset(self.cfg))
         self.backend = build_backend(self.cfg.generation)
-        main = Path(journal)
-        self.store = RequestStore(main.with_name(f"{main.stem}.ray-{uuid.uuid4().hex[:12]}{main.suffix}"))
-        self.store.records.update(RequestStore(main).records)  # finished elsewhere: not sent again
+        self.store = worker_store(journal)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from causalneg.generation.grounded.pipeline import run_grounded
