@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
@@ -49,3 +50,11 @@ class MissingDependencyError(CausalNegError):
         if hint:
             message += f" ({hint})"
         super().__init__(message)
+
+
+def reject_unknown_keys(values: Mapping[str, object], known: Iterable[str], where: str) -> None:
+    """Raise :class:`ConfigError` naming the keys of ``values`` (config group ``where``) that are not ``known``."""
+    known = sorted(known)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {where} keys {unknown}; known: {known}")

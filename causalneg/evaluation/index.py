@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from causalneg.errors import ConfigError, MissingDependencyError
+from causalneg.errors import ConfigError, MissingDependencyError, reject_unknown_keys
 from causalneg.evaluation.search import exact_topk
 
 KINDS = ("flat", "faiss_flat", "ivf", "hnsw")
@@ -55,11 +55,7 @@ class IndexConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> IndexConfig:
         values = dict(values or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(
-                f"unknown eval.index keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            )
+        reject_unknown_keys(values, cls.__dataclass_fields__, "eval.index")
         if "gpu" in values:
             values["gpu"] = str(values["gpu"]).lower()
         return cls(**values)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from causalneg.errors import ConfigError, MissingDependencyError
+from causalneg.errors import ConfigError, MissingDependencyError, reject_unknown_keys
 from causalneg.generation.prompting import PromptInputs
 from causalneg.generation.store import RequestStore
 
@@ -56,11 +56,7 @@ class RayOptions:
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> RayOptions:
         values = dict(values or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(
-                f"unknown generation.ray keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            )
+        reject_unknown_keys(values, cls.__dataclass_fields__, "generation.ray")
         options = cls(**values)
         if options.num_workers < 1 or options.batch_size < 1:
             raise ConfigError("generation.ray.num_workers and generation.ray.batch_size must be positive")
