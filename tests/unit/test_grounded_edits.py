@@ -475,7 +475,10 @@ def test_same_thing_check() -> None:
     from causalneg.generation.grounded.verify import check_same_thing
 
     assert check_same_thing(0.8, VerifyConfig()).reason == "same_thing"
-    assert check_same_thing(0.55, VerifyConfig()).kept  # sibling terms score up to ~0.6 too
+    assert (
+        check_same_thing(0.55, VerifyConfig()).reason == "same_thing"
+    )  # "infertility" -> "sterility": 0.553
+    assert check_same_thing(0.54, VerifyConfig()).kept  # sibling terms score up to ~0.55 ("CDX2" -> "CDX5")
     assert check_same_thing(0.2, VerifyConfig()).kept
     assert check_same_thing(0.99, VerifyConfig(same_thing_threshold=None)).kept
 
@@ -487,3 +490,71 @@ def test_kind_word_asks_for_terms_and_symbols_not_names() -> None:
     assert kind_word(Span("SOX2", "organization", 0)) == "symbol"
     assert kind_word(Span("Bruce Willis", "person", 0)) == "person"
     assert kind_word(Span("Hox mRNA Translation", "noun_phrase", 0)) == "term"
+
+
+def test_a_name_given_before_a_parenthesised_mention_is_the_same_entity() -> None:
+    """ "A20 (TNFAIP3)": replacing TNFAIP3 alone left an abstract about A20 that still answered (SciFact 1135)."""
+    text = (
+        "We found that A20 (TNFAIP3), a regulator, is high. Inhibiting A20 (TNFAIP3) and A20 alone (p<0.01)."
+    )
+    assert E.names_before(text, "TNFAIP3") == ["A20"]
+    edit = E.replace_mentions(text, Span("TNFAIP3", "noun_phrase", 0), "TNFIP5")
+    assert (
+        edit.text
+        == "We found that TNFIP5, a regulator, is high. Inhibiting TNFIP5 and TNFIP5 alone (p<0.01)."
+    )
+    assert edit.aliases == ("A20",) and edit.mentions == 3
+    # the other order is a defined abbreviation, a code of one capital included
+    after = E.replace_mentions(
+        "Inhibiting TNFAIP3 (A20) helps. A20 is big.", Span("TNFAIP3", "noun_phrase", 0), "X9"
+    )
+    assert after.text == "Inhibiting X9 helps. X9 is big."
+    # a word that is no abbreviation is not a name ("protein (TNFAIP3)"); a bracket without one stays
+    plain = E.replace_mentions(
+        "the protein (TNFAIP3) binds. (TNFAIP3) again.", Span("TNFAIP3", "noun_phrase", 0), "X9"
+    )
+    assert plain.text == "the protein (X9) binds. (X9) again."
+
+
+def test_corpus_vocabulary_counts_tokens_and_finds_whole_phrases() -> None:
+    from causalneg.generation.grounded.vocabulary import CorpusVocabulary
+
+    vocabulary = CorpusVocabulary(["Circle of Willis anatomy.", "Bruce  Lee films", "Malaria in Africa"])
+    assert vocabulary("willis") == pytest.approx(1 / 3) and vocabulary("hanks") == 0
+    assert vocabulary.names("bruce lee") and vocabulary.names("Malaria")
+    assert not vocabulary.names("Bruce Willis")  # both words occur, never together
+    assert not vocabulary.names("Tom Hanks") and not vocabulary.names("")
+    assert not vocabulary.names("Mala")  # whole words only
+
+
+def test_a_substitute_the_corpus_never_writes_is_unseen_unless_a_code() -> None:
+    from causalneg.generation.grounded.vocabulary import CorpusVocabulary
+
+    vocabulary = CorpusVocabulary(["Malaria and tuberculosis.", "Hormone levels rise."])
+    span = Span("Tuberculosis", "noun_phrase", 0)
+    check = {"span": span, "query": "Does tuberculosis induce granulomas?", "answers": ()}
+    assert check_substitute("Malaria", **check, corpus_names=vocabulary.names).kept
+    unseen = check_substitute("Hormone Secretory Society", **check, corpus_names=vocabulary.names)
+    assert unseen.reason == "substitute_unseen"
+    code = Span("CDX2", "noun_phrase", 0)
+    assert check_substitute("CDX5", code, "CDX2 rises", (), corpus_names=vocabulary.names).kept
+    assert check_substitute("Hormone Secretory Society", **check).reason is None  # no corpus given: no check
+
+
+def test_a_general_word_for_a_specific_term_is_generic() -> None:
+    table = {"protein": 0.22, "homocysteine": 0.005, "iodine": 0.001, "tolerance": 0.05, "activation": 0.13}
+
+    def df(token: str) -> float:
+        return table.get(token, 0.0)
+
+    span = Span("homocysteine", "noun_phrase", 0)
+    args = ("Does folate lower blood levels of homocysteine?", ())
+    generic = check_substitute("protein", span, *args, document_frequency=df, generic_df=0.1)
+    assert generic.reason == "substitute_generic"
+    assert check_substitute("iodine", span, *args, document_frequency=df, generic_df=0.1).kept
+    # a common span may become another common word ("tolerance" -> "activation"); no generic_df: no check
+    common = Span("tolerance", "noun_phrase", 0)
+    assert check_substitute(
+        "activation", common, "T cell tolerance", (), document_frequency=df, generic_df=0.1
+    ).kept
+    assert check_substitute("protein", span, *args, document_frequency=df).kept

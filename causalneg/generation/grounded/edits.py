@@ -151,13 +151,26 @@ def edit_target(span_text: str, substitute: str, person: bool = False) -> tuple[
 def abbreviations(text: str, phrase: str) -> list[str]:
     """Abbreviations ``text`` defines right after a mention of ``phrase``: "... cancer (CRPC)" -> ["CRPC"].
 
-    An abbreviation has 2-10 characters with at least two capitals (so "(film)" or "(2009)" are not).
+    An abbreviation has 2-10 characters, with at least two capitals or letters and digits ("TNFAIP3 (A20)"), so
+    "(film)" or "(2009)" are not.
     """
     found = []
     for match in _pattern(phrase).finditer(text):
         defined = _ABBREVIATION.match(text, match.end())
-        if defined and sum(c.isupper() for c in defined.group(1)) >= 2:
+        if defined and is_abbreviation(defined.group(1)):
             found.append(defined.group(1))
+    return list(dict.fromkeys(found))
+
+
+def names_before(text: str, phrase: str) -> list[str]:
+    """One-word names ``text`` gives right before a parenthesised mention of ``phrase``: "A20 (TNFAIP3)" ->
+    ["A20"] for "TNFAIP3". Such a name (a code or two capitals or more: :func:`is_abbreviation`) is the same
+    entity under another name, so the edit replaces it too."""
+    found = []
+    for match in re.finditer(rf"(?<![\w-])([\w-]+)\s*\(\s*{re.escape(phrase)}s?\s*\)", text, re.IGNORECASE):
+        name = match.group(1)
+        if is_abbreviation(name) and name.lower() != phrase.lower():
+            found.append(name)
     return list(dict.fromkeys(found))
 
 
@@ -270,6 +283,12 @@ def replace_mentions(text: str, span: Span, substitute: str) -> Edit:
     if defined:  # "cancer (CRPC)" -> "substitute": the definition goes with the mention
         alternatives = "|".join(re.escape(a) for a in defined)
         pattern = re.compile(rf"(?:{pattern.pattern})(?:\s*\((?:{alternatives})\))?", re.IGNORECASE)
+    before = names_before(text, target)
+    if before:  # "A20 (TNFAIP3)" -> "substitute": the other name goes with the mention, and every later "A20"
+        alternatives = "|".join(re.escape(a) for a in before)
+        pattern = re.compile(
+            rf"(?:{alternatives})\s*\(\s*(?:{pattern.pattern})\s*\)|{pattern.pattern}", re.IGNORECASE
+        )
     new, count = pattern.subn(lambda m: _inflected(m.group(0), target, replacement), text)
     aliases: list[str] = list(written_out)
     surname = surname_of(span.text) if span.is_person and target == span.text else None
@@ -288,10 +307,12 @@ def replace_mentions(text: str, span: Span, substitute: str) -> Edit:
     if surname and substitute_surname:
         new, more = _pattern(surname).subn(lambda _m: substitute_surname, new)
         count += more
-    for abbreviation in defined:
+    for abbreviation in [*defined, *before]:
         new, more = _abbreviation_pattern(abbreviation).subn(lambda _m: replacement, new)
         count += more
-    return Edit(new, "replace", target, replacement, count, tuple(dict.fromkeys([*defined, *aliases])))
+    return Edit(
+        new, "replace", target, replacement, count, tuple(dict.fromkeys([*defined, *before, *aliases]))
+    )
 
 
 def drop_sentence(text: str, sentence: str) -> Edit:

@@ -1,15 +1,13 @@
-"""What the grounded pipeline needs from a data set: its items and the corpus's document frequencies."""
+"""What the grounded pipeline needs from a data set: its items and the corpus's vocabulary (document frequencies,
+phrases)."""
 
 from __future__ import annotations
 
-import re
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from causalneg.generation.grounded.pipeline import GroundedItem
+from causalneg.generation.grounded.vocabulary import CorpusVocabulary
 from causalneg.records import RetrievalDataset
-
-_TOKEN = re.compile(r"[0-9A-Za-zÀ-ÖØ-öø-ÿ]+")
 
 
 def build_items(
@@ -36,10 +34,6 @@ def build_items(
     ]
 
 
-def document_frequency(dataset: RetrievalDataset) -> Callable[[str], float]:
-    """``df(token)``: the share of corpus documents whose lower-cased word tokens include ``token``."""
-    counts: Counter[str] = Counter()
-    for passage in dataset.corpus.values():
-        counts.update({t.lower() for t in _TOKEN.findall(passage.full_text)})
-    total = max(len(dataset.corpus), 1)
-    return lambda token: counts.get(token.lower(), 0) / total
+def document_frequency(dataset: RetrievalDataset) -> CorpusVocabulary:
+    """The :class:`CorpusVocabulary` of ``dataset``'s corpus (each passage's ``title. text``)."""
+    return CorpusVocabulary(passage.full_text for passage in dataset.corpus.values())

@@ -71,6 +71,7 @@ from causalneg.generation.grounded.verify import (
     check_similarity,
     check_substitute,
 )
+from causalneg.generation.grounded.vocabulary import CorpusVocabulary
 from causalneg.generation.pipeline import PipelineResult
 from causalneg.generation.prompting import load_profiles, render_template, template_version
 from causalneg.generation.schemas import schema_hash
@@ -208,6 +209,15 @@ class _Run:
     same_thing: dict[str, float] = field(default_factory=dict)  # "span -> substitute": P(yes) of SAME_THING
     tokens: int = 0
     seconds: float = 0.0
+
+    @property
+    def corpus_names(self) -> Callable[[str], bool] | None:
+        """Whether the corpus writes a phrase (``verify.substitute_in_corpus`` with a :class:`CorpusVocabulary`)."""
+        if self.settings.verify.substitute_in_corpus and isinstance(
+            self.document_frequency, CorpusVocabulary
+        ):
+            return self.document_frequency.names
+        return None
 
     def messages(
         self, template: str, item: GroundedItem, sentences: list[str], **extra: Any
@@ -428,6 +438,8 @@ def _substitute(
                 evidence.passage,
                 run.document_frequency,
                 run.settings.verify.query_df,
+                run.corpus_names,
+                run.settings.verify.generic_df,
             )
             if (
                 verdict.kept

@@ -12,6 +12,15 @@ In order (cheap checks first; the encoder and the LLM judge only see what passed
    A query-named word is allowed back only when it is common in the corpus (document frequency ``query_df`` or
    more), the query writes it in lower case, and the substitute names something of its own beside it ("Breast
    Cancer" for "CRPC" under a claim about prostate cancer).
+   ``substitute_unseen`` (with ``substitute_in_corpus``): no corpus document writes the substitute, and it is no
+   code of letters and digits. A name the corpus never uses is a tell of where the negative came from (every other
+   word of an edit is the corpus's own), and on a specialised corpus it is the usual sign of a substitute from
+   another world: "B-Type Natriuretic Peptide" -> "Hormone Secretory Society", "Subcutaneous Semaglutide" ->
+   "Bruce Willis" in SciFact. A sibling code the corpus lacks ("CDX2" -> "CDX5") stays allowed.
+   ``substitute_generic`` (with ``generic_df``): every word of the substitute is in at least ``generic_df`` of the
+   corpus's documents while the span has a word 5 times rarer: a specific term became a general one ("LMNA" ->
+   "DNA", "homocysteine" -> "protein", "ovarian reserve" -> "ovarian function"), which keeps the passage about the
+   same thing or makes nonsense.
    ``substitute_type``: the substitute is not the same kind of thing (:func:`check_substitute_type`).
    ``same_thing``: the LLM judge's ``P(yes)`` that span and substitute name the same thing (a synonym, an
    abbreviation, a broader name: "T cells" -> "T lymphocytes") is at least ``same_thing_threshold``.
@@ -65,6 +74,8 @@ from causalneg.generation.grounded.spans import (
 
 REASONS = (
     "substitute_invalid",
+    "substitute_unseen",
+    "substitute_generic",
     "substitute_type",
     "span_not_found",
     "title_only",
@@ -94,8 +105,14 @@ class VerifyConfig:
     judge_threshold: float = 0.9  # confident "yes": rejected whatever the positive scored
     judge_margin: float = 0.0  # the negative must score below the positive's P(yes) minus this
     # Reject a substitute the judge calls another name of the span (None = no check). Measured with the 1.5B:
-    # synonyms 0.51-0.85, sibling terms 0.34-0.64 (GROUNDED.md), so only a clear "yes" rejects.
-    same_thing_threshold: float | None = 0.6
+    # synonyms 0.51-0.85, sibling terms 0.34-0.64 (experiments/grounded/same_thing.json: 0.55 and 0.6 reject the
+    # same 4 of 7 synonyms there); on the 95 kept SciFact edits read by a person, 0.55 rejected 9 that still
+    # answer ("oocyte" -> "egg", "therapeutics" -> "drugs") and 2 real ones, 0.6 none of either (GROUNDED.md).
+    same_thing_threshold: float | None = 0.55
+    substitute_in_corpus: bool = True  # reject a substitute that no corpus document writes (codes exempt)
+    # Reject a general word for a specific term (None = no check). On the 95 kept SciFact edits read by a person,
+    # 0.1 rejected 5 that still answer or are nonsense and 2 real ones ("Sepsis" -> "Cancer"); GROUNDED.md.
+    generic_df: float | None = 0.1
 
 
 # Names that stand for no one: a substitute must be a real entity of the span's kind.
@@ -190,9 +207,12 @@ def check_substitute(
     passage: str = "",
     document_frequency: Callable[[str], float] | None = None,
     query_df: float = 0.05,
+    corpus_names: Callable[[str], bool] | None = None,
+    generic_df: float | None = None,
 ) -> Verdict:
     """Is ``substitute`` a usable replacement for ``span`` in ``passage`` (different, not the query's, not an
-    answer, not already in the passage, and of the same kind)?"""
+    answer, not already in the passage, written somewhere in the corpus (``corpus_names``, when given; codes
+    exempt), not a general word for a specific term (``generic_df``), and of the same kind)?"""
     sub, original = normalize(substitute), normalize(span.text)
     if not sub:
         return Verdict("substitute_invalid", "empty")
@@ -223,7 +243,29 @@ def check_substitute(
         return Verdict("substitute_invalid", f"{substitute!r} is a gold answer")
     if passage and mentions(passage, substitute):
         return Verdict("substitute_invalid", f"{substitute!r} is already in the passage")
+    if corpus_names is not None and not any(c.isdigit() for c in substitute) and not corpus_names(substitute):
+        return Verdict("substitute_unseen", f"{substitute!r}: no corpus document writes it")
+    if (
+        generic_df is not None
+        and document_frequency is not None
+        and _generic_for(substitute, span.text, document_frequency, generic_df)
+    ):
+        return Verdict("substitute_generic", f"{substitute!r} is a general word for {span.text!r}")
     return check_substitute_type(substitute, span)
+
+
+def _generic_for(
+    substitute: str, span: str, document_frequency: Callable[[str], float], generic_df: float
+) -> bool:
+    """Whether every content word of ``substitute`` has document frequency >= ``generic_df`` while ``span`` has
+    one below ``generic_df / 5``."""
+    new, old = content_tokens(substitute), content_tokens(span)
+    if not new or not old:
+        return False
+    return (
+        min(document_frequency(t) for t in new) >= generic_df
+        and min(document_frequency(t) for t in old) < generic_df / 5
+    )
 
 
 def _title_only(edit: Edit, positive: str, title: str, span: Span | None) -> bool:
