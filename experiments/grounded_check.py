@@ -401,7 +401,26 @@ def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
             + f" of {labelled} labelled.",
             "",
         ]
+    every = labels_of_every_kept(name, rows)
+    every_labelled = sum(every.values())
+    if every_labelled > labelled:
+        lines += [
+            f"Every kept negative that a person has read ({every_labelled} of {kept}; the samples above and "
+            "earlier readings of the same texts): "
+            + ", ".join(f"{label} {every[label]} ({every[label] / every_labelled:.0%})" for label in LABELS)
+            + ".",
+            "",
+        ]
     return [*lines, *samples]
+
+
+def labels_of_every_kept(name: str, rows: list[dict[str, Any]]) -> Counter[str]:
+    """The labels of every kept negative whose text a person has labelled (keys of :func:`sample_key`)."""
+    labels = load_labels()
+    keys = (
+        sample_key(name, row["query_id"], negative["text"]) for row in rows for negative in row["negatives"]
+    )
+    return Counter(labels[key]["label"] for key in keys if key in labels)
 
 
 BENCH_COMMAND = (
