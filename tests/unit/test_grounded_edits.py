@@ -551,6 +551,10 @@ def test_a_general_word_for_a_specific_term_is_generic() -> None:
     args = ("Does folate lower blood levels of homocysteine?", ())
     generic = check_substitute("protein", span, *args, document_frequency=df, generic_df=0.1)
     assert generic.reason == "substitute_generic"
+    levels = Span("homocysteine levels", "noun_phrase", 0)  # the shared "levels" does not hide the change
+    assert check_substitute(
+        "protein levels", levels, *args, document_frequency=df, generic_df=0.1
+    ).reason == ("substitute_generic")
     assert check_substitute("iodine", span, *args, document_frequency=df, generic_df=0.1).kept
     # a common span may become another common word ("tolerance" -> "activation"); no generic_df: no check
     common = Span("tolerance", "noun_phrase", 0)

@@ -257,9 +257,11 @@ def check_substitute(
 def _generic_for(
     substitute: str, span: str, document_frequency: Callable[[str], float], generic_df: float
 ) -> bool:
-    """Whether every content word of ``substitute`` has document frequency >= ``generic_df`` while ``span`` has
-    one below ``generic_df / 5``."""
-    new, old = content_tokens(substitute), content_tokens(span)
+    """Whether every content word that ``substitute`` brings in has document frequency >= ``generic_df`` while a
+    word it replaces has one below ``generic_df / 5`` (shared words do not count: "homocysteine levels" ->
+    "protein levels" compares "protein" with "homocysteine")."""
+    brought, replaced = set(content_tokens(substitute)), set(content_tokens(span))
+    new, old = brought - replaced, replaced - brought
     if not new or not old:
         return False
     return (
