@@ -1,0 +1,102 @@
+"""Pins: the selected training queries and the mined / generated artifact fingerprints of representative configs.
+
+Artifacts are reused by fingerprint and every arm of a study trains on one selection, so a refactor that moves
+either silently regenerates negatives (hours of LLM time) or compares arms on different queries. The values were
+computed with the code of b8411b0 (before issue 14) and must not change. ``study`` is the HotpotQA generation of
+``experiments/run_study.py`` (``generation.limit == data.max_train_queries == 256``), whose artifact the training
+arms read; it needs the shared data set and no model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from causalneg.artifacts import fingerprint
+from causalneg.stages.common import load_dataset
+from tests.conftest import tiny_overrides
+
+
+def observed(cfg: Any) -> list[str]:
+    """Fingerprints (16 hex digits) of the selections and the manifests of ``cfg``, through the stages' specs."""
+    from causalneg.data.mining.artifact import mining_manifest
+    from causalneg.data.selection import select_query_ids
+    from causalneg.generation.artifact import generation_manifest, generation_query_ids
+    from causalneg.stages.common import _with_split
+    from causalneg.stages.train import data_settings
+
+    dataset = load_dataset(cfg)
+    s = data_settings(cfg)
+    train = select_query_ids(dataset.split(s.train_split), s.max_train_queries, s.selection_seed)
+    mined, mined_ids = mining_manifest(cfg, dataset)
+    dev = (
+        mining_manifest(_with_split(cfg, str(cfg.dataset.dev_split)), dataset)[0]
+        if cfg.dataset.get("dev_split")
+        else None
+    )
+    generated = generation_manifest(cfg, dataset)
+    values = [
+        fingerprint(train),
+        fingerprint(mined_ids),
+        fingerprint(generation_query_ids(cfg, dataset)),
+        mined.fingerprint,
+        dev.fingerprint if dev else "-",
+        generated.fingerprint,
+    ]
+    return [v[:16] for v in values]
+
+
+# name -> (overrides, pinned [training ids, mined ids, generated ids, mined, mined dev, generated] fingerprints)
+DEV = "ce2e8326856310bd"  # the BM25-mined dev split: the same in every BM25 case (max_dev_queries, seed 0)
+TINY: dict[str, tuple[list[str], list[str]]] = {
+    "default": ([], ["9d338e96a32fed2e"] * 3 + ["cf64bb66769fc41d", DEV, "311eb0ac248fa75a"]),
+    "sampled": (
+        ["data.max_train_queries=10", "data.selection_seed=3"],
+        ["1d0f6dddcd0294fe"] * 3 + ["c1fcb305d7d98f5a", DEV, "ca5d4f26f568a8da"],
+    ),
+    "dense": (
+        ["mining=dense", "data.max_train_queries=12"],
+        ["1c53b41bf3b6e1f6"] * 3 + ["e277b92c6b1471f0", "7ce908d1070e7836", "bdc137115a429c99"],
+    ),
+    "naive_limit": (  # generation.limit below data.max_train_queries: a seeded sample of its own
+        ["generation=naive", "generation.limit=5", "data.max_train_queries=20"],
+        ["d621cb5e6f1681f9"] * 2 + ["4d6cc622c01e7c24", "35db3d9b2b0606ff", DEV, "3c77ec4b2399e553"],
+    ),
+    "grounded_candidates": (
+        ["generation=grounded", "data.max_train_queries=7", "generation.num_candidates=2"],
+        ["a0b0b8c512e10e99"] * 3 + ["1420ecd3a1d6f342", DEV, "5e95c2fc3cf2fc5a"],
+    ),
+}
+STUDY = [
+    "dataset=hotpotqa",
+    "generation=grounded",
+    "generation/backend=llamacpp",
+    "generation/model=qwen_coder_1_5b",
+    "generation.limit=256",
+    "data.max_train_queries=256",
+    "generation.max_retries=2",
+    "logger.tracking_uri=null",
+    "generation.progress=true",
+    "generation.backend.n_threads=2",
+]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_tiny_configs(name: str, tmp_path: Path, tiny_beir: Path, compose_cfg: Callable[..., Any]) -> None:
+    overrides = [o for o in tiny_overrides(tmp_path, tiny_beir) if not o.startswith("paths.output_dir")]
+    extra, pinned = TINY[name]
+    assert observed(compose_cfg([*overrides, *extra, "hydra.runtime.output_dir=/tmp"])) == pinned
+
+
+def test_study_generation(
+    tmp_path: Path, shared_data_dir: Path, compose_cfg: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running study's artifact (``grounded-8aaca9e52269``) and its 256 queries."""
+    monkeypatch.setenv("CAUSALNEG_HOME", str(tmp_path))
+    cfg = compose_cfg([*STUDY, f"paths.shared_data_dir={shared_data_dir}", "hydra.runtime.output_dir=/tmp"])
+    train, mined_ids, generated_ids, _, _, generated = observed(cfg)
+    assert train == mined_ids == generated_ids == "0e7de0c68fdee00f"
+    assert generated == "8aaca9e52269ef73"
