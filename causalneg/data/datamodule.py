@@ -23,14 +23,14 @@ from causalneg.data.batching import (
     Tokenize,
 )
 from causalneg.data.groups import GroupSpec, QueryPool, build_pools, hold_out_diagnostic_pools
-from causalneg.data.selection import select_query_ids
 from causalneg.errors import ConfigError
 from causalneg.records import Negative, NegativeSource, Passage, RetrievalDataset
 
 
 @dataclass(frozen=True)
 class DataSettings:
-    """Batching and split choices (the ``data`` config group)."""
+    """Batching and split choices (the ``data`` config group) and the selected query ids of the training and dev
+    splits (:func:`causalneg.stages.specs.selection`: this module selects nothing itself)."""
 
     spec: GroupSpec
     seed: int = 0
@@ -39,10 +39,10 @@ class DataSettings:
     num_workers: int = 0
     train_split: str = "train"
     dev_split: str | None = None
-    max_train_queries: int | None = None
-    selection_seed: int = 0
+    train_query_ids: tuple[str, ...] = ()
+    dev_query_ids: tuple[str, ...] = ()
+    selection_seed: int = 0  # held-out diagnostic groups and the dev sub-corpus
     diagnostics_groups: int = 32
-    max_dev_queries: int | None = 200
     dev_subcorpus_random: int = 2000
 
 
@@ -118,6 +118,11 @@ class RetrievalDataModule(L.LightningDataModule):
         self._dirs: dict[str, Path] = {}
         self.generated_counts: dict[str, int] = {}  # setup(): kept generated negatives of training queries
 
+    @property
+    def artifact_dirs(self) -> dict[str, Path]:
+        """The artifact folders ``setup`` read: ``mined_train``, ``mined_dev``, ``generated`` (those in use)."""
+        return dict(self._dirs)
+
     # -- artifacts -------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Make sure every artifact exists (rank 0 only under DDP). Never stores state on ``self``."""
@@ -152,8 +157,7 @@ class RetrievalDataModule(L.LightningDataModule):
         generated = None
         if "generated" in self._dirs and self.sources.load_generated is not None:
             generated = self.sources.load_generated(self._dirs["generated"])
-        query_ids = select_query_ids(ds.split(s.train_split), s.max_train_queries, s.selection_seed)
-        pools = build_pools(ds, s.train_split, query_ids, mined, generated)
+        pools = build_pools(ds, s.train_split, list(s.train_query_ids), mined, generated)
         if not pools:
             raise ConfigError(f"no training queries with positives in split '{s.train_split}' of '{ds.name}'")
         self.train_pools, self.diagnostic_pools = self._hold_out(pools)
@@ -185,7 +189,7 @@ class RetrievalDataModule(L.LightningDataModule):
         s, ds = self.settings, self.dataset
         assert s.dev_split is not None
         dev = ds.split(s.dev_split)
-        qids = select_query_ids(dev, s.max_dev_queries, s.selection_seed)
+        qids = list(s.dev_query_ids)
         self.dev_items = [(qid, dev.queries[qid].text) for qid in qids]
         ids = {pid for qid in qids for pid in dev.qrels.get(qid, {}) if pid in ds.corpus}
         for qid, cands in (self._load_mined("mined_dev") or {}).items():

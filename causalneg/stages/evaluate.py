@@ -64,7 +64,7 @@ def throughput_metrics(split: str, rank_stats: list[dict[str, Any]]) -> dict[str
 def run(cfg: DictConfig) -> dict[str, Any]:
     apply_runtime(cfg)
     split = str(cfg.eval.get("split") or cfg.dataset.test_split)
-    fabric = launch_fabric(cfg.trainer) if wants_processes(cfg.trainer) else None
+    fabric = launch_fabric(plain_dict(cfg.trainer)) if wants_processes(plain_dict(cfg.trainer)) else None
     if fabric is not None and fabric.global_rank != 0:  # the other ranks encode and search; rank 0 reports
         _, result = _evaluate(cfg, split, fabric)
         return {"metrics": result.metrics, "objective": result.metrics.get("ndcg@10"), "run_id": None}

@@ -1,4 +1,10 @@
-"""stage=train: evaluate the starting encoder, fine-tune it on training groups, evaluate and export it."""
+"""stage=train: evaluate the starting encoder, fine-tune it on training groups, evaluate and export it.
+
+The path, top to bottom: the selection (:func:`causalneg.stages.specs.data_settings`: training and dev query ids)
+-> the mined and generated artifacts (:func:`causalneg.stages.common.artifact_sources`: reused, mined, or
+generated through the hand-off) -> training groups (the DataModule) -> fit -> evaluate -> export. The run logs the
+fingerprints of the artifacts it consumed, so a result traces back to its exact negatives.
+"""
 
 from __future__ import annotations
 
@@ -14,52 +20,28 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from causalneg.data.datamodule import DataSettings, RetrievalDataModule
-from causalneg.data.groups import GroupSpec
+from causalneg.config import plain_dict
+from causalneg.data.datamodule import RetrievalDataModule
 from causalneg.evaluation.embedding_cache import EmbeddingCache
 from causalneg.evaluation.retrieval import evaluate_retrieval
 from causalneg.losses import build_objective
 from causalneg.losses.objective import grad_cache_chunk_size
 from causalneg.models.encoder import DualEncoder
 from causalneg.models.export import export_sentence_transformers
-from causalneg.records import NegativeSource, RetrievalDataset
+from causalneg.records import RetrievalDataset
 from causalneg.stages.common import apply_runtime, artifact_sources, build_encoder, load_dataset
-from causalneg.tracking.runs import build_mlflow_logger, log_json, log_metrics, terminal_status
+from causalneg.stages.specs import data_settings
+from causalneg.tracking.runs import (
+    build_mlflow_logger,
+    log_artifact_fingerprints,
+    log_json,
+    log_metrics,
+    terminal_status,
+)
 from causalneg.training.system import RetrieverSystem
 
 REPORTED = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 RUN_FILE = "mlflow_run.json"  # the MLflow run of this output folder (causalneg.tracking.runs)
-
-
-def data_settings(cfg: DictConfig) -> DataSettings:
-    d = cfg.data
-    source = (
-        NegativeSource.parse(str(cfg.generation.get("source", "generated")))
-        if cfg.get("generation")
-        else None
-    )
-    spec = GroupSpec(
-        num_mined=int(d.num_mined),
-        num_generated=int(d.num_generated),
-        num_random=int(d.num_random),
-        generated_source=source or NegativeSource.GENERATED,
-        mined_selection=str(d.get("mined_selection", "random")),
-        positive_selection=str(d.get("positive_selection", "random")),
-    )
-    return DataSettings(
-        spec=spec,
-        seed=int(cfg.seed),
-        batch_size=int(d.batch_size),
-        eval_batch_size=int(cfg.eval.batch_size),
-        num_workers=int(d.num_workers),
-        train_split=str(cfg.dataset.train_split),
-        dev_split=cfg.dataset.get("dev_split"),
-        max_train_queries=d.get("max_train_queries"),
-        selection_seed=int(d.selection_seed),
-        diagnostics_groups=int(d.diagnostics_groups),
-        max_dev_queries=d.get("max_dev_queries"),
-        dev_subcorpus_random=int(cfg.eval.dev_subcorpus_random),
-    )
 
 
 def evaluate_test(
@@ -167,15 +149,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if cfg.eval.cache_embeddings
             else None
         )
-        settings = data_settings(cfg)
-        datamodule = RetrievalDataModule(
-            dataset, encoder.tokenize, settings, artifact_sources(cfg, dataset, encoder)
-        )
+        settings = data_settings(cfg, dataset)  # the selection: training and dev query ids
+        sources = artifact_sources(cfg, dataset, encoder)  # mined, then generated negatives (prepare_data)
+        datamodule = RetrievalDataModule(dataset, encoder.tokenize, settings, sources)  # groups (setup)
 
         start = evaluate_test(encoder, dataset, cfg, cache)
         log_metrics(logger, {f"test_start/{k}": v for k, v in start.metrics.items()}, step=0)
 
-        objective = build_objective(cfg.loss, cfg.get("regularizer"))
+        objective = build_objective(plain_dict(cfg.loss), plain_dict(cfg.get("regularizer")))
         # Guide-model masking (loss.guide_margin): a frozen copy of the stock encoder, taken before training.
         guide = copy.deepcopy(encoder) if objective.infonce.guide_margin is not None else None
         system = RetrieverSystem(
@@ -185,7 +166,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
             eval_batch_size=int(cfg.eval.batch_size),
             eval_precision=str(cfg.eval.precision),
-            grad_cache_chunk_size=grad_cache_chunk_size(cfg.loss),
+            grad_cache_chunk_size=grad_cache_chunk_size(plain_dict(cfg.loss)),
             guide=guide,
         )
         has_dev = bool(settings.dev_split)
@@ -195,6 +176,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         system.train()  # the start-of-run evaluation left the encoder in eval mode
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+        log_artifact_fingerprints(logger, datamodule.artifact_dirs)
 
         best = next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint)), "")
         if best and Path(best).is_file():

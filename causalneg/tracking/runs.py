@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from causalneg.artifacts import atomic_write_json
+from causalneg.artifacts import atomic_write_json, load_manifest
 from causalneg.config import flatten, plain_dict
 from causalneg.errors import ConfigError
 from causalneg.tracking.names import mlflow_metric_name
@@ -168,6 +168,19 @@ def log_json(logger: MLFlowLogger, obj: Any, artifact_file: str) -> None:
 
 def log_file(logger: MLFlowLogger, path: str | Path, artifact_path: str | None = None) -> None:
     logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
+
+
+def log_artifact_fingerprints(logger: MLFlowLogger, directories: Mapping[str, Path]) -> None:
+    """Tag the run with the fingerprint of each artifact it consumed (``artifact.<name>``) and keep their
+    manifests' identity as ``artifacts/consumed.json``: a result traces back to its exact negatives. Tags, not
+    params: a resumed run sets the same values again."""
+    consumed = {}
+    for name, directory in directories.items():
+        manifest = load_manifest(directory)
+        consumed[name] = {"fingerprint": manifest.fingerprint, "kind": manifest.kind, "path": str(directory)}
+        logger.experiment.set_tag(logger.run_id, f"artifact.{name}", manifest.fingerprint)
+    if consumed:
+        log_json(logger, consumed, "artifacts/consumed.json")
 
 
 def log_metrics(logger: MLFlowLogger, metrics: dict[str, float], step: int | None = None) -> None:

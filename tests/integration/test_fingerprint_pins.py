@@ -16,36 +16,26 @@ from typing import Any
 import pytest
 
 from causalneg.artifacts import fingerprint
-from causalneg.stages.common import load_dataset
+from causalneg.stages.specs import data_settings, generation_plan, load_dataset, mined_input
 from tests.conftest import tiny_overrides
 
 
 def observed(cfg: Any) -> list[str]:
     """Fingerprints (16 hex digits) of the selections and the manifests of ``cfg``, through the stages' specs."""
-    from causalneg.data.mining.artifact import mining_manifest
-    from causalneg.data.selection import select_query_ids
-    from causalneg.generation.artifact import generation_manifest, generation_query_ids
-    from causalneg.stages.common import _with_split
-    from causalneg.stages.train import data_settings
-
     dataset = load_dataset(cfg)
-    s = data_settings(cfg)
-    train = select_query_ids(dataset.split(s.train_split), s.max_train_queries, s.selection_seed)
-    mined, mined_ids = mining_manifest(cfg, dataset)
-    dev = (
-        mining_manifest(_with_split(cfg, str(cfg.dataset.dev_split)), dataset)[0]
-        if cfg.dataset.get("dev_split")
-        else None
-    )
-    generated = generation_manifest(cfg, dataset)
+    settings = data_settings(cfg, dataset)
+    mined = mined_input(cfg, dataset, str(cfg.dataset.train_split))
+    dev = mined_input(cfg, dataset, str(cfg.dataset.dev_split)) if cfg.dataset.get("dev_split") else None
+    generated = generation_plan(cfg, dataset)
     values = [
-        fingerprint(train),
-        fingerprint(mined_ids),
-        fingerprint(generation_query_ids(cfg, dataset)),
-        mined.fingerprint,
-        dev.fingerprint if dev else "-",
-        generated.fingerprint,
+        fingerprint(list(settings.train_query_ids)),
+        mined.selection.fingerprint,
+        generated.selection.fingerprint,
+        mined.manifest.fingerprint,
+        dev.manifest.fingerprint if dev else "-",
+        generated.manifest.fingerprint,
     ]
+    assert generated.directory.name.endswith(values[-1][:12])
     return [v[:16] for v in values]
 
 

@@ -235,10 +235,11 @@ def test_generate_stage_writes_a_readable_artifact(
     tiny_model: Path, tiny_beir: Path, tmp_path: Path, compose_cfg: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from causalneg.artifacts import is_complete, load_manifest
-    from causalneg.generation.artifact import generated_artifact_dir, load_generated
+    from causalneg.generation.artifact import load_generated
     from causalneg.records import NegativeSource
     from causalneg.stages import generate
     from causalneg.stages.common import load_dataset
+    from causalneg.stages.specs import generation_plan
 
     overrides = [
         f"paths.root_dir={tmp_path}",
@@ -269,7 +270,7 @@ def test_generate_stage_writes_a_readable_artifact(
         list(p) for p in QUOTE_BIAS.items()
     ]  # no quote keys in Hydra overrides
     summary = generate.run(cfg)
-    directory = generated_artifact_dir(cfg, load_dataset(cfg))
+    directory = generation_plan(cfg, load_dataset(cfg)).directory
     assert summary["artifact"] == str(directory) and is_complete(directory)
     counts = load_manifest(directory).counts
     assert counts["queries"] == 2 and 0 <= counts["validity_rate"] <= 1

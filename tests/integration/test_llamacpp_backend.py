@@ -288,6 +288,7 @@ def test_transformers_choice_probabilities(tmp_path: Path) -> None:
 
 @requires_llama_cpp
 def test_factory_builds_llamacpp_from_the_config(tmp_path: Path, compose_cfg: Any) -> None:
+    from causalneg.config import plain_dict
     from causalneg.generation.artifact import generator_model_id
     from causalneg.generation.backends.factory import build_backend
 
@@ -301,7 +302,7 @@ def test_factory_builds_llamacpp_from_the_config(tmp_path: Path, compose_cfg: An
         ]
     )
     try:
-        backend = build_backend(cfg.generation)
+        backend = build_backend(plain_dict(cfg.generation))
     except MissingGeneratorPackage as exc:
         pytest.skip(str(exc))
     try:
@@ -310,7 +311,7 @@ def test_factory_builds_llamacpp_from_the_config(tmp_path: Path, compose_cfg: An
         assert (
             backend.model_id
             == BUILTIN_GENERATORS["smollm2"].model_id
-            == generator_model_id(cfg.generation.model)
+            == generator_model_id(plain_dict(cfg.generation.model))
         )
     finally:
         backend.close()

@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 
 from causalneg.artifacts import Manifest, write_artifact
 from causalneg.data.selection import select_query_ids
-from causalneg.generation.artifact import generated_artifact_dir
 from causalneg.stages import dispatch
 from causalneg.stages.common import load_dataset
+from causalneg.stages.specs import generation_plan
 from tests.conftest import CONF_DIR, REPO_ROOT, tiny_overrides
 
 ARMS = (
@@ -50,7 +50,7 @@ def write_generated_fixture(cfg: DictConfig) -> Path:
                 "negatives": [{"text": t, "source": source, "node_id": "n1"} for t in texts],
             }
         )
-    directory = generated_artifact_dir(cfg, dataset)
+    directory = generation_plan(cfg, dataset).directory
     write_artifact(directory, rows, Manifest.build("generated", {"test": True}, {"fixture": True}))
     return directory
 

@@ -20,10 +20,8 @@ pip command that installs it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
-
-from omegaconf import OmegaConf
 
 from causalneg.errors import ConfigError, MissingDependencyError
 from causalneg.generation.backends.base import GenerationBackend
@@ -50,14 +48,10 @@ INSTALLS = {
 }
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
-def build_backend(generation_cfg: Any) -> GenerationBackend:
-    """The backend for ``generation_cfg`` (a DictConfig or mapping with ``backend`` and ``model``)."""
-    backend_cfg = dict(_plain(generation_cfg["backend"]) or {})
-    model_cfg = dict(_plain(generation_cfg["model"]) or {})
+def build_backend(generation: Mapping[str, Any]) -> GenerationBackend:
+    """The backend for the resolved ``generation`` settings (a mapping with ``backend`` and ``model``)."""
+    backend_cfg = dict(generation["backend"] or {})
+    model_cfg = dict(generation["model"] or {})
     name = str(backend_cfg.pop("name", ""))
     if name not in BACKENDS:
         raise ConfigError(f"generation.backend.name={name!r}; choose one of {sorted(BACKENDS)}")
