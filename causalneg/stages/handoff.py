@@ -7,6 +7,7 @@ calls ``prepare_data`` after the strategy has started; the file records what the
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,10 @@ def generate_in_child_process(cfg: DictConfig) -> None:
     path = write_generation_config(cfg, Path(str(cfg.paths.output_dir)))
     command = [sys.executable, "-m", "causalneg.stages.handoff", str(path)]
     print(f"[causalneg] generating negatives in a child process: {' '.join(command)}", flush=True)
-    completed = subprocess.run(command, check=False)
+    # The child imports this very checkout of causalneg (not whichever one the environment installs).
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    completed = subprocess.run(command, check=False, env=env)
     if completed.returncode != 0:
         raise ConfigError(
             f"generation child process failed with exit code {completed.returncode}: {' '.join(command)}"
