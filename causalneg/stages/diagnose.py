@@ -24,7 +24,7 @@ from causalneg.diagnostics.shortcut import shortcut_diagnostics
 from causalneg.errors import ConfigError
 from causalneg.losses import build_objective
 from causalneg.stages.common import apply_runtime, artifact_sources, build_encoder, load_dataset
-from causalneg.stages.specs import data_settings
+from causalneg.stages.specs import data_settings, run_spec
 from causalneg.tracking.runs import build_mlflow_logger, log_file, log_metrics, terminal_status
 from causalneg.training.system import RetrieverSystem
 
@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     apply_runtime(cfg)
     diag_cfg = cfg.diagnostics
     output_dir = Path(str(cfg.paths.output_dir))
-    logger = build_mlflow_logger(cfg)
+    logger = build_mlflow_logger(run_spec(cfg))
     with terminal_status(logger):
         dataset = load_dataset(cfg)
         encoder = build_encoder(cfg)

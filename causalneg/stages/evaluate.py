@@ -23,6 +23,7 @@ from causalneg.evaluation.index import IndexConfig
 from causalneg.evaluation.launch import launch_fabric, wants_processes
 from causalneg.evaluation.retrieval import RetrievalResult, evaluate_retrieval
 from causalneg.stages.common import apply_runtime, build_encoder, load_dataset
+from causalneg.stages.specs import run_spec
 from causalneg.tracking.runs import build_mlflow_logger, log_json, log_metrics, terminal_status
 
 
@@ -69,7 +70,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         _, result = _evaluate(cfg, split, fabric)
         return {"metrics": result.metrics, "objective": result.metrics.get("ndcg@10"), "run_id": None}
     output_dir = Path(str(cfg.paths.output_dir))
-    logger = build_mlflow_logger(cfg)
+    logger = build_mlflow_logger(run_spec(cfg))
     with terminal_status(logger):
         name, result = _evaluate(cfg, split, fabric)
         ranks = result.stats.get("ranks", [])

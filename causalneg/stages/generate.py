@@ -43,7 +43,7 @@ from causalneg.generation.sharding import (
 from causalneg.generation.store import RequestStore
 from causalneg.records import RetrievalDataset
 from causalneg.stages.common import apply_runtime, load_dataset
-from causalneg.stages.specs import GenerationPlan, generation_plan
+from causalneg.stages.specs import GenerationPlan, generation_plan, run_spec
 
 STAGES = ("decompose", "perturb", "naive")
 
@@ -173,7 +173,7 @@ def log_to_mlflow(cfg: DictConfig, manifest: Manifest, result: PipelineResult) -
         return
     from causalneg.tracking.runs import build_mlflow_logger, log_json, log_metrics, terminal_status
 
-    logger = build_mlflow_logger(cfg)
+    logger = build_mlflow_logger(run_spec(cfg))
     with terminal_status(logger):
         counts = manifest.counts
         metrics = {

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from causalneg.artifacts import Manifest
-from causalneg.config import plain_dict, to_container
+from causalneg.config import flatten, plain_dict, to_container
 from causalneg.data.groups import GroupSpec
 from causalneg.data.mining.artifact import MiningSpec, mined_artifact_dir, mining_manifest
 from causalneg.data.selection import Selection
@@ -32,6 +32,7 @@ from causalneg.records import NegativeSource, RetrievalDataset
 
 if TYPE_CHECKING:
     from causalneg.data.datamodule import DataSettings
+    from causalneg.tracking.runs import RunSpec
 
 RULE: Any = object()  # "the selection rule decides the limit" (module docstring)
 
@@ -160,4 +161,29 @@ def data_settings(cfg: DictConfig, dataset: RetrievalDataset) -> DataSettings:
         selection_seed=int(d.selection_seed),
         diagnostics_groups=int(d.diagnostics_groups),
         dev_subcorpus_random=int(cfg.eval.dev_subcorpus_random),
+    )
+
+
+def run_spec(cfg: DictConfig) -> RunSpec:
+    """The stage's MLflow run (``logger`` group): tagged with arm, seed, dataset and stage (and ``logger.tags``),
+    every resolved config value as a flat param (Hydra's own left out), the resolved config as YAML."""
+    from causalneg.tracking.runs import RunSpec  # Lightning and MLflow: not for stage=mine's BM25 path
+
+    log = cfg.logger
+    tags = {
+        "arm": str(cfg.arm),
+        "seed": str(cfg.seed),
+        "dataset": str(cfg.dataset.name),
+        "stage": str(cfg.stage),
+    }
+    tags.update({str(k): str(v) for k, v in plain_dict(log.get("tags")).items()})
+    params = {k: v for k, v in flatten(plain_dict(cfg)).items() if not k.startswith("hydra")}
+    return RunSpec(
+        tracking_uri=str(log.tracking_uri),
+        experiment_name=str(log.experiment_name),
+        run_name=str(log.run_name),
+        tags=tags,
+        params=params,
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        artifact_location=str(log.artifact_location) if log.get("artifact_location") else None,
     )

@@ -30,7 +30,7 @@ from causalneg.models.encoder import DualEncoder
 from causalneg.models.export import export_sentence_transformers
 from causalneg.records import RetrievalDataset
 from causalneg.stages.common import apply_runtime, artifact_sources, build_encoder, load_dataset
-from causalneg.stages.specs import data_settings
+from causalneg.stages.specs import data_settings, run_spec
 from causalneg.tracking.runs import (
     build_mlflow_logger,
     log_artifact_fingerprints,
@@ -140,7 +140,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(str(cfg.paths.output_dir))
     last = output_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if cfg.get("resume", True) and last.is_file() else None
-    logger = build_mlflow_logger(cfg, run_file=output_dir / RUN_FILE, resume=resume is not None)
+    logger = build_mlflow_logger(run_spec(cfg), run_file=output_dir / RUN_FILE, resume=resume is not None)
     with terminal_status(logger):
         dataset = load_dataset(cfg)
         encoder = build_encoder(cfg)
