@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,16 @@ class DataSettings:
     selection_seed: int = 0  # held-out diagnostic groups and the dev sub-corpus
     diagnostics_groups: int = 32
     dev_subcorpus_random: int = 2000
+
+
+@dataclass(frozen=True)
+class DevSet:
+    """What validation ranks: the dev sub-corpus (ids and passage texts, in the same order) and the dev queries'
+    judgements. The dev queries themselves come from ``val_dataloader``."""
+
+    doc_ids: tuple[str, ...]
+    doc_texts: tuple[str, ...]
+    qrels: Mapping[str, Mapping[str, int]]
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,15 @@ class RetrievalDataModule(L.LightningDataModule):
         corpus_ids = sorted(ds.corpus)
         ids.update(rng.sample(corpus_ids, min(s.dev_subcorpus_random, len(corpus_ids))))
         self.dev_corpus_ids = sorted(ids)
+
+    def dev_set(self) -> DevSet:
+        """The dev sub-corpus and the dev qrels, once ``setup`` has run (the system's validation data)."""
+        if not self.settings.dev_split:
+            raise ConfigError("validation needs a dev split (dataset.dev_split)")
+        corpus, split = self.dataset.corpus, self.dataset.split(self.settings.dev_split)
+        texts = tuple(corpus[pid].full_text for pid in self.dev_corpus_ids)
+        qrels = {qid: split.qrels.get(qid, {}) for qid, _ in self.dev_items}
+        return DevSet(tuple(self.dev_corpus_ids), texts, qrels)
 
     # -- loaders ---------------------------------------------------------------------------------------------
     def _random_pool(self) -> Sequence[Passage]:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from causalneg.artifacts import atomic_write_json
 from causalneg.config import plain_dict
+from causalneg.contracts import PRIMARY_METRIC
 from causalneg.evaluation.embedding_cache import EmbeddingCache
 from causalneg.evaluation.index import IndexConfig
 from causalneg.evaluation.launch import launch_fabric, wants_processes
@@ -68,7 +69,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fabric = launch_fabric(plain_dict(cfg.trainer)) if wants_processes(plain_dict(cfg.trainer)) else None
     if fabric is not None and fabric.global_rank != 0:  # the other ranks encode and search; rank 0 reports
         _, result = _evaluate(cfg, split, fabric)
-        return {"metrics": result.metrics, "objective": result.metrics.get("ndcg@10"), "run_id": None}
+        return {"metrics": result.metrics, "objective": result.metrics.get(PRIMARY_METRIC), "run_id": None}
     output_dir = Path(str(cfg.paths.output_dir))
     logger = build_mlflow_logger(run_spec(cfg))
     with terminal_status(logger):
@@ -89,4 +90,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"  rank {stats['rank']}: {stats['passages_encoded']} passages in {stats['encode_seconds']:.1f} s "
             f"= {stats['passages_per_second']:.1f} passages/s ({stats['shards']} shard(s){hits})"
         )
-    return {"metrics": result.metrics, "objective": result.metrics.get("ndcg@10"), "run_id": logger.run_id}
+    return {
+        "metrics": result.metrics,
+        "objective": result.metrics.get(PRIMARY_METRIC),
+        "run_id": logger.run_id,
+    }

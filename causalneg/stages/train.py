@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from causalneg.config import plain_dict
+from causalneg.contracts import METRICS, PER_QUERY_METRICS, PRIMARY_METRIC, PRIMARY_MODE
 from causalneg.data.datamodule import RetrievalDataModule
 from causalneg.evaluation.embedding_cache import EmbeddingCache
 from causalneg.evaluation.retrieval import evaluate_retrieval
@@ -40,7 +41,6 @@ from causalneg.tracking.runs import (
 )
 from causalneg.training.system import RetrieverSystem
 
-REPORTED = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 RUN_FILE = "mlflow_run.json"  # the MLflow run of this output folder (causalneg.tracking.runs)
 
 
@@ -108,8 +108,8 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_dev: bool) -> list[Ca
     callbacks.append(
         ModelCheckpoint(
             dirpath=directory,
-            monitor="val/ndcg@10" if has_dev else None,
-            mode="max",
+            monitor=f"val/{PRIMARY_METRIC}" if has_dev else None,
+            mode=PRIMARY_MODE,
             save_top_k=1,
             save_last=True,
             filename="best",
@@ -168,6 +168,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             eval_precision=str(cfg.eval.precision),
             grad_cache_chunk_size=grad_cache_chunk_size(plain_dict(cfg.loss)),
             guide=guide,
+            dev_set=datamodule.dev_set if settings.dev_split else None,
         )
         has_dev = bool(settings.dev_split)
         callbacks = build_callbacks(cfg, output_dir, has_dev)
@@ -192,7 +193,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log_metrics(logger, {f"data/{names[k]}": float(v) for k, v in counts.items()}, step=0)
         final = evaluate_test(system.encoder, dataset, cfg, cache)
         log_metrics(logger, {f"test/{k}": v for k, v in final.metrics.items()}, step=trainer.global_step)
-        per_query = {name: final.per_query.get(name, {}) for name in ("ndcg@10", "recall@100", "mrr@10")}
+        per_query = {name: final.per_query.get(name, {}) for name in PER_QUERY_METRICS}
         log_json(logger, per_query, "metrics/test_per_query.json")
         log_json(logger, {"start": start.metrics, "final": final.metrics}, "metrics/test.json")
         # overwrite: re-running the same command in the same folder (resume) re-exports the final model.
@@ -204,7 +205,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {
         "test_start": start.metrics,
         "test": final.metrics,
-        "objective": final.metrics["ndcg@10"],
+        "objective": final.metrics[PRIMARY_METRIC],
         "run_id": logger.run_id,
         "output_dir": str(output_dir),
         "model_dir": str(export_dir),
@@ -213,7 +214,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def print_summary(start: dict[str, float], final: dict[str, float], arm: str, export_dir: Path) -> None:
     print(f"\n[causalneg] arm={arm}: test metrics, starting encoder -> fine-tuned encoder")
-    for name in REPORTED:
+    for name in METRICS:
         if name in start and name in final:
             delta = final[name] - start[name]
             print(f"  {name:>11}: {start[name]:.4f} -> {final[name]:.4f}  ({delta:+.4f})")
