@@ -108,8 +108,9 @@ def generator_model_id(model_cfg: Any) -> str:
 
 
 def backend_signature(generation: Mapping[str, Any]) -> str:
-    """Backend name and the options that change outputs (throughput options removed), as a short hash."""
-    backend = _drop(dict(generation.get("backend") or {}), THROUGHPUT_KEYS)
+    """Backend name and the options that change outputs (throughput options and the class path removed: the
+    ``name`` identifies the backend), as a short hash."""
+    backend = _drop(dict(generation.get("backend") or {}), THROUGHPUT_KEYS | {"_target_"})
     return f"{backend.get('name', '?')}-{fingerprint(backend)[:12]}"
 
 

@@ -184,14 +184,25 @@ def test_factory_builds_the_configured_backend(tiny_model: Path, tmp_path: Path)
     from causalneg.generation.backends.factory import build_backend
 
     model = {"name": "hf", "path": str(tiny_model), "cache_dir": str(tmp_path)}
-    backend = build_backend({"backend": {"name": "transformers", "batch_size": 2}, "model": model})
+    transformers = {
+        "_target_": f"{TransformersBackend.__module__}.TransformersBackend",
+        "name": "transformers",
+    }
+    backend = build_backend({"backend": {**transformers, "batch_size": 2}, "model": model})
     assert isinstance(backend, TransformersBackend) and backend.model_id == str(tiny_model.resolve())
-    with pytest.raises(ConfigError, match="choose one of"):
-        build_backend({"backend": {"name": "nonexistent"}, "model": model})
+    with pytest.raises(ConfigError, match="choose generation/backend="):
+        build_backend({"backend": {"name": "transformers"}, "model": model})
+    with pytest.raises(ConfigError, match="no class Nonexistent"):
+        build_backend(
+            {
+                "backend": {**transformers, "_target_": f"{TransformersBackend.__module__}.Nonexistent"},
+                "model": model,
+            }
+        )
     with pytest.raises(ConfigError, match="unexpected keyword"):
-        build_backend({"backend": {"name": "transformers", "beams": 4}, "model": model})
+        build_backend({"backend": {**transformers, "beams": 4}, "model": model})
     with pytest.raises(ConfigError, match=r"config\.json"):
-        build_backend({"backend": {"name": "transformers"}, "model": {**model, "path": str(tmp_path)}})
+        build_backend({"backend": transformers, "model": {**model, "path": str(tmp_path)}})
 
 
 class CrashAfter:

@@ -201,6 +201,6 @@ def test_yaml_lists_every_option_with_its_default() -> None:
     import yaml
 
     cfg = yaml.safe_load((Path(__file__).parents[2] / "conf/generation/backend/vllm.yaml").read_text())
-    assert cfg.pop("name") == "vllm"
+    assert cfg.pop("name") == "vllm" and cfg.pop("_target_") == f"{VLLMBackend.__module__}.VLLMBackend"
     defaults = {f.name: f.default for f in dataclasses.fields(VLLMOptions) if f.name != "engine_kwargs"}
     assert cfg == {**defaults, "engine_kwargs": {}}
