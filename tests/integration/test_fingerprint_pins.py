@@ -2,9 +2,9 @@
 
 Artifacts are reused by fingerprint and every arm of a study trains on one selection, so a refactor that moves
 either silently regenerates negatives (hours of LLM time) or compares arms on different queries. The values were
-computed with the code of b8411b0 (before issue 14) and must not change. ``study`` is the HotpotQA generation of
-``experiments/run_study.py`` (``generation.limit == data.max_train_queries == 256``), whose artifact the training
-arms read; it needs the shared data set and no model.
+computed with the code of c6968b2 (before issue 14) and must not change. ``STUDY`` are the generations of
+``experiments/run_study.py`` (``generation.limit == data.max_train_queries``: 256 HotpotQA, 64 SciFact queries),
+whose artifacts the training arms read; they need the shared data sets and no model.
 """
 
 from __future__ import annotations
@@ -57,21 +57,23 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
     ),
     "grounded_candidates": (
         ["generation=grounded", "data.max_train_queries=7", "generation.num_candidates=2"],
-        ["a0b0b8c512e10e99"] * 3 + ["1420ecd3a1d6f342", DEV, "5e95c2fc3cf2fc5a"],
+        ["a0b0b8c512e10e99"] * 3 + ["1420ecd3a1d6f342", DEV, "babe650763b90b66"],
     ),
 }
-STUDY = [
-    "dataset=hotpotqa",
+STUDY_GENERATION = [
     "generation=grounded",
     "generation/backend=llamacpp",
     "generation/model=qwen_coder_1_5b",
-    "generation.limit=256",
-    "data.max_train_queries=256",
     "generation.max_retries=2",
     "logger.tracking_uri=null",
-    "generation.progress=true",
+    "generation.progress=false",
     "generation.backend.n_threads=2",
 ]
+# dataset -> (queries, selection, generated artifact)
+STUDY = {
+    "hotpotqa": (256, "0e7de0c68fdee00f", "a400d8320c5b022c"),
+    "scifact": (64, "ba8add745f0b3422", "3f73fe59528e475e"),
+}
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -81,12 +83,25 @@ def test_tiny_configs(name: str, tmp_path: Path, tiny_beir: Path, compose_cfg: C
     assert observed(compose_cfg([*overrides, *extra, "hydra.runtime.output_dir=/tmp"])) == pinned
 
 
+@pytest.mark.parametrize("dataset", sorted(STUDY))
 def test_study_generation(
-    tmp_path: Path, shared_data_dir: Path, compose_cfg: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    dataset: str,
+    tmp_path: Path,
+    shared_data_dir: Path,
+    compose_cfg: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The running study's artifact (``grounded-8aaca9e52269``) and its 256 queries."""
+    """The study's artifacts (``<dataset>/generated/grounded-<fingerprint[:12]>``) and their queries."""
+    queries, selection, artifact = STUDY[dataset]
     monkeypatch.setenv("CAUSALNEG_HOME", str(tmp_path))
-    cfg = compose_cfg([*STUDY, f"paths.shared_data_dir={shared_data_dir}", "hydra.runtime.output_dir=/tmp"])
-    train, mined_ids, generated_ids, _, _, generated = observed(cfg)
-    assert train == mined_ids == generated_ids == "0e7de0c68fdee00f"
-    assert generated == "8aaca9e52269ef73"
+    overrides = [
+        f"dataset={dataset}",
+        *STUDY_GENERATION,
+        f"generation.limit={queries}",
+        f"data.max_train_queries={queries}",
+        f"paths.shared_data_dir={shared_data_dir}",
+        f"paths.output_dir={tmp_path / 'run'}",
+    ]
+    train, mined_ids, generated_ids, _, _, generated = observed(compose_cfg(overrides))
+    assert train == mined_ids == generated_ids == selection
+    assert generated == artifact
