@@ -1,0 +1,33 @@
+"""The debug/ group: ``debug=default`` and ``debug=fdr`` compose over any arm and run the train stage quickly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from causalneg.stages import dispatch
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("preset", ["mined_only", "grounded"])
+def test_debug_composes_over_an_arm(preset: str, compose_cfg: Callable[..., Any]) -> None:
+    cfg = compose_cfg([f"+experiment={preset}", "debug=fdr"])
+    assert cfg.model.name == "tiny" and cfg.trainer.fast_dev_run is True and cfg.arm == preset
+    assert cfg.data.max_train_queries == 32 and cfg.generation.limit == 4
+
+
+def test_fast_dev_run_trains_and_evaluates(
+    tmp_path: Path, tiny_beir: Path, compose_cfg: Callable[..., Any]
+) -> None:
+    overrides = [
+        *tiny_overrides(tmp_path, tiny_beir),
+        "debug=fdr",
+        f"logger.tracking_uri=sqlite:///{tmp_path}/m.db",
+    ]
+    result = dispatch(compose_cfg(overrides))
+    assert set(result["test"]) >= {"ndcg@10", "mrr@10"} and Path(result["model_dir"]).is_dir()
