@@ -23,11 +23,11 @@ from causalneg.errors import ConfigError
 from causalneg.generation.backends.base import GenerationRequest, RawOutput, SamplingConfig
 from causalneg.generation.backends.transformers_backend import TransformersBackend
 from causalneg.generation.filters import NEGATIVE_REASONS, REQUEST_REASONS, FilterConfig
-from causalneg.generation.generator_models import build_tiny_llama
 from causalneg.generation.pipeline import PipelineSettings, run_pipeline
 from causalneg.generation.prompting import PromptInputs
 from causalneg.generation.schemas import Decomposition, naive_schema, perturbation_schema
 from causalneg.generation.store import RequestStore
+from tests.tiny_generators import build_tiny_llama
 
 pytestmark = pytest.mark.integration
 

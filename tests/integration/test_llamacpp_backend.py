@@ -276,7 +276,7 @@ def test_first_tokens_that_several_choices_share_are_dropped() -> None:
 
 def test_transformers_choice_probabilities(tmp_path: Path) -> None:
     from causalneg.generation.backends.transformers_backend import TransformersBackend
-    from causalneg.generation.generator_models import build_tiny_llama
+    from tests.tiny_generators import build_tiny_llama
 
     tiny = TransformersBackend(str(build_tiny_llama(tmp_path / "tiny", seed=0)), "tiny")
     requests = [_request("a", "Is it yes? Answer yes or no.", 0), _request("b", QUESTIONS[0], 0)]

@@ -75,7 +75,7 @@ def smollm2_dir(generator_cache: Path) -> Path:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dict[str, Any]:
     """Tiny random Llama (head_dim 64, SmolLM2's tokenizer): native twice, outlines once, one bad request."""
     require_vllm()
-    from causalneg.generation.generator_models import build_tiny_llama
+    from tests.tiny_generators import build_tiny_llama
 
     work = tmp_path_factory.mktemp("vllm-tiny")
     model = build_tiny_llama(work / "model", tokenizer_dir=smollm2_dir)
