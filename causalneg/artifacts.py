@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from causalneg.data.readers import iter_json_objects
+from causalneg.data.readers import check_string, iter_json_objects
 from causalneg.errors import DataError
 
 ROWS_FILE = "rows.jsonl"
@@ -127,6 +127,20 @@ def artifact_rows(directory: str | Path, what: str) -> Iterator[tuple[int, dict[
     """``(line_no, row)`` of a complete artifact's ``rows.jsonl`` (DataError when the artifact is incomplete)."""
     load_manifest(directory)
     return iter_json_objects(Path(directory) / ROWS_FILE, what)
+
+
+def query_rows(
+    directory: str | Path, what: str, field: str
+) -> Iterator[tuple[int, str, list[Any], dict[str, Any]]]:
+    """``(line_no, query_id, row[field], row)`` of an artifact with one row per query and a list ``field``
+    (mined candidates, generated negatives); a row without them raises DataError naming file, line and field."""
+    path = Path(directory) / ROWS_FILE
+    for line, row in artifact_rows(directory, what):
+        qid = check_string(row.get("query_id"), path, line, "query_id", allow_empty=False)
+        items = row.get(field)
+        if not isinstance(items, list):
+            raise DataError("expected a list", path=path, line=line, field=field)
+        yield line, qid, items, row
 
 
 def reusable(

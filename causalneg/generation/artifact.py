@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from causalneg.artifacts import Manifest, artifact_rows, fingerprint
+from causalneg.artifacts import ROWS_FILE, Manifest, fingerprint, query_rows
 from causalneg.data.readers import check_string
 from causalneg.data.selection import Selection
 from causalneg.errors import ConfigError, DataError
@@ -177,13 +177,9 @@ def journal_path(spec: GenerationSpec, dataset: RetrievalDataset) -> Path:
 
 def load_generated(directory: str | Path) -> dict[str, list[Negative]]:
     """``{query_id: [Negative(text, source, meta=provenance), ...]}`` from a complete artifact folder."""
-    path = Path(directory) / "rows.jsonl"
+    path = Path(directory) / ROWS_FILE
     generated: dict[str, list[Negative]] = {}
-    for line, row in artifact_rows(directory, "generated negatives (rows.jsonl)"):
-        qid = check_string(row.get("query_id"), path, line, "query_id", allow_empty=False)
-        items = row.get("negatives")
-        if not isinstance(items, list):
-            raise DataError("expected a list", path=path, line=line, field="negatives")
+    for line, qid, items, row in query_rows(directory, "generated negatives (rows.jsonl)", "negatives"):
         negatives = []
         for item in items:
             if not isinstance(item, dict):

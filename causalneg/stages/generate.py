@@ -84,21 +84,26 @@ def build_inputs(
     return items
 
 
+def request_settings(gen: DictConfig, stages: tuple[str, ...]) -> dict[str, Any]:
+    """The settings every generation method reads alike: retries, seeds, source, backend signature, per-stage
+    sampling (for ``stages``) and progress."""
+    return {
+        "num_negatives": int(gen.num_negatives),
+        "max_retries": int(gen.max_retries),
+        "temperature_step": float(gen.temperature_step),
+        "max_temperature": float(gen.max_temperature),
+        "seed": int(gen.seed),
+        "source": str(gen.source),
+        "backend_signature": backend_signature(plain_dict(gen)),
+        "progress": bool(gen.get("progress", True)),
+        "sampling": {s: SamplingConfig(**plain_dict(gen[s])) for s in stages if gen.get(s)},
+    }
+
+
 def pipeline_settings(cfg: DictConfig) -> PipelineSettings:
     gen = cfg.generation
-    sampling = {s: SamplingConfig(**plain_dict(gen[s])) for s in STAGES if gen.get(s)}
     return PipelineSettings(
-        method=str(gen.method),
-        num_negatives=int(gen.num_negatives),
-        max_retries=int(gen.max_retries),
-        temperature_step=float(gen.temperature_step),
-        max_temperature=float(gen.max_temperature),
-        seed=int(gen.seed),
-        source=str(gen.source),
-        backend_signature=backend_signature(plain_dict(gen)),
-        flush_every=int(gen.get("flush_every", 16)),
-        progress=bool(gen.get("progress", True)),
-        sampling=sampling,
+        method=str(gen.method), flush_every=int(gen.get("flush_every", 16)), **request_settings(gen, STAGES)
     )
 
 

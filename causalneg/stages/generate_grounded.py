@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from causalneg.config import plain_dict
 from causalneg.errors import ConfigError
-from causalneg.generation.artifact import backend_signature, journal_path
-from causalneg.generation.backends.base import GenerationBackend, SamplingConfig
+from causalneg.generation.artifact import journal_path
+from causalneg.generation.backends.base import GenerationBackend
 from causalneg.generation.grounded.inputs import build_items, document_frequency
 from causalneg.generation.grounded.pipeline import GroundedItem, GroundedSettings, Similarity, run_grounded
 from causalneg.generation.grounded.verify import VerifyConfig
@@ -42,24 +42,18 @@ from causalneg.stages.specs import GenerationPlan, generation_plan
 
 
 def grounded_settings(cfg: DictConfig) -> GroundedSettings:
+    from causalneg.stages.generate import request_settings
+
     gen = cfg.generation
     return GroundedSettings(
-        num_negatives=int(gen.num_negatives),
         min_kept=int(gen.get("min_kept", 2)),
         fallback_spans=int(gen.get("fallback_spans", 2)),
         max_spans=int(gen.max_spans),
         max_sentences=int(gen.max_sentences),
         min_overlap=float(gen.min_overlap),
-        max_retries=int(gen.max_retries),
-        temperature_step=float(gen.temperature_step),
-        max_temperature=float(gen.max_temperature),
-        seed=int(gen.seed),
-        source=str(gen.source),
-        backend_signature=backend_signature(plain_dict(gen)),
         use_spacy=bool(gen.get("use_spacy", True)),
-        progress=bool(gen.get("progress", True)),
-        sampling={s: SamplingConfig(**plain_dict(gen[s])) for s in ("decompose", "substitute") if gen.get(s)},
         verify=VerifyConfig(**plain_dict(gen.verify)),
+        **request_settings(gen, ("decompose", "substitute")),
     )
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from causalneg.artifacts import Manifest, artifact_rows, publish, reusable, write_artifact
+from causalneg.artifacts import ROWS_FILE, Manifest, publish, query_rows, reusable, write_artifact
 from causalneg.data.mining.bm25 import BM25Options, mine_bm25
 from causalneg.data.mining.filters import Candidate, FilterConfig, RankedCandidates, filter_all
 from causalneg.data.readers import check_string
@@ -226,13 +226,9 @@ def ensure_mined(
 
 def load_mined(directory: str | Path) -> dict[str, list[tuple[str, float]]]:
     """``{query_id: [(passage_id, score), ...]}`` best first, from a complete artifact folder."""
-    path = Path(directory) / "rows.jsonl"
+    path = Path(directory) / ROWS_FILE
     mined: dict[str, list[tuple[str, float]]] = {}
-    for line, row in artifact_rows(directory, "mined negatives (rows.jsonl)"):
-        qid = check_string(row.get("query_id"), path, line, "query_id", allow_empty=False)
-        candidates = row.get("candidates")
-        if not isinstance(candidates, list):
-            raise DataError("expected a list", path=path, line=line, field="candidates")
+    for line, qid, candidates, _ in query_rows(directory, "mined negatives (rows.jsonl)", "candidates"):
         pairs = []
         for cand in candidates:
             if not isinstance(cand, dict) or not isinstance(cand.get("score"), int | float):
