@@ -37,11 +37,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with terminal_status(logger):
         dataset = load_dataset(cfg)
         encoder = build_encoder(cfg)
-        system = RetrieverSystem(
-            encoder,
-            build_objective(plain_dict(cfg.loss), plain_dict(cfg.get("regularizer"))),
-            torch.optim.AdamW,
-        )
+        # Embedding only: the run's objective (so that its checkpoint loads as saved), no optimizer.
+        objective = build_objective(plain_dict(cfg.loss), plain_dict(cfg.get("regularizer")))
+        system = RetrieverSystem(encoder, objective)
         checkpoint = (cfg.get("diagnose") or {}).get("checkpoint")
         if checkpoint:
             if not Path(str(checkpoint)).is_file():

@@ -87,7 +87,7 @@ class RetrieverSystem(L.LightningModule):
         self,
         encoder: DualEncoder,
         objective: Objective,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         eval_batch_size: int = 128,
         eval_precision: str = "32-true",
@@ -98,8 +98,9 @@ class RetrieverSystem(L.LightningModule):
         guide: DualEncoder | None = None,
         dev_set: Callable[[], DevSet] | None = None,
     ) -> None:
-        """``train_chunk_tokens``: padded positions per forward chunk of a training batch's texts (see
-        :func:`encode_bucketed`; None = one forward per side, padded as collated). ``attention_dropout``:
+        """``optimizer``: None for a system that only embeds (``stage=diagnose``). ``train_chunk_tokens``: padded
+        positions per forward chunk of a training batch's texts (see :func:`encode_bucketed`; None = one forward
+        per side, padded as collated). ``attention_dropout``:
         attention-probability dropout while training (None keeps the backbone's own, 0.1 for BERT/MiniLM);
         0.0 lets SDPA use its fused CPU kernel (MiniLM forward+backward measured 1.3x faster).
         ``grad_cache_chunk_size``: texts per chunk with gradient caching (``loss.grad_cache.chunk_size``;
@@ -251,6 +252,8 @@ class RetrieverSystem(L.LightningModule):
             )
 
     def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ConfigError("RetrieverSystem built without an optimizer (embedding only) cannot be trained")
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer

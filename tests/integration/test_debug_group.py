@@ -1,4 +1,5 @@
-"""The debug/ group: ``debug=default`` and ``debug=fdr`` compose over any arm and run the train stage quickly."""
+"""The debug/ group: ``debug=default`` and ``debug=fdr`` compose over any arm and run the train and diagnose
+stages quickly."""
 
 from __future__ import annotations
 
@@ -31,3 +32,18 @@ def test_fast_dev_run_trains_and_evaluates(
     ]
     result = dispatch(compose_cfg(overrides))
     assert set(result["test"]) >= {"ndcg@10", "mrr@10"} and Path(result["model_dir"]).is_dir()
+
+
+def test_diagnose_embeds_without_an_optimizer(
+    tmp_path: Path, tiny_beir: Path, compose_cfg: Callable[..., Any]
+) -> None:
+    """stage=diagnose builds an embedding-only system (the run's objective, no optimizer) on the debug settings."""
+    overrides = [
+        *tiny_overrides(tmp_path, tiny_beir),
+        "debug=default",
+        "stage=diagnose",
+        f"logger.tracking_uri=sqlite:///{tmp_path}/m.db",
+    ]
+    result = dispatch(compose_cfg(overrides))
+    assert isinstance(result["metrics"], dict)
+    assert (tmp_path / "run" / "diagnostics.json").is_file()
