@@ -1,5 +1,6 @@
-"""LightningDataModule: artifacts in ``prepare_data`` (mining in-process, generation in a child process),
-pools and loaders in ``setup`` (which only reads files)."""
+"""LightningDataModule: artifacts in ``prepare_data`` (mining in-process, generation handed off to a child process
+by the stages' :class:`ArtifactSources`), pools and loaders in ``setup`` (which only reads files). The selected
+training and dev query ids arrive in :class:`DataSettings`; this module selects nothing itself."""
 
 from __future__ import annotations
 

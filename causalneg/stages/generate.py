@@ -2,7 +2,8 @@
 
 ``python run.py stage=generate [generation=naive] [generation/backend=vllm] [generation/model=qwen_coder_1_5b]``;
 ``generation.preview=true`` prints the rendered prompts of the first selected query and exits. Run it in its
-own process (vLLM does not free memory in-process): training's ``prepare_data`` launches it as a child.
+own process (vLLM does not free memory in-process): training's ``prepare_data`` hands it a written config
+(:mod:`causalneg.stages.handoff`). What it generates for is :func:`causalneg.stages.specs.generation_plan`.
 Finished requests are journaled, so an interrupted run resumes where it stopped. SIGTERM (a scheduler, ``kill``,
 a parent stopping its child) raises ``SystemExit(143)`` while the backend is alive, so ``backend.close()`` runs
 and shuts the engine's processes down (vLLM's EngineCore would otherwise outlive this process).
