@@ -374,7 +374,10 @@ def test_yaml_lists_every_option_with_its_default() -> None:
     import yaml
 
     cfg = yaml.safe_load((Path(__file__).parents[2] / "conf/generation/backend/llamacpp.yaml").read_text())
-    assert cfg.pop("name") == "llamacpp"
+    assert (
+        cfg.pop("name") == "llamacpp"
+        and cfg.pop("_target_") == f"{LlamaCppBackend.__module__}.LlamaCppBackend"
+    )
     params = inspect.signature(LlamaCppBackend.__init__).parameters
     defaults = {k: p.default for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert cfg == {**defaults, "llama_kwargs": {}}
