@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 
+from causalneg.artifacts import load_manifest
 from causalneg.stages import dispatch
 from tests.conftest import tiny_overrides
 
@@ -32,6 +34,12 @@ def test_fast_dev_run_trains_and_evaluates(
     ]
     result = dispatch(compose_cfg(overrides))
     assert set(result["test"]) >= {"ndcg@10", "mrr@10"} and Path(result["model_dir"]).is_dir()
+    # the run names the exact negatives it trained on: the fingerprints of the artifacts it read
+    tags = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db").get_run(result["run_id"]).data.tags
+    mined = sorted((tmp_path / "artifacts" / "tiny" / "mined").iterdir())
+    assert {tags["artifact.mined_train"], tags["artifact.mined_dev"]} == {
+        load_manifest(d).fingerprint for d in mined
+    }
 
 
 def test_diagnose_embeds_without_an_optimizer(
