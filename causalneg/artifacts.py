@@ -4,6 +4,12 @@ An artifact is a folder holding ``rows.jsonl`` (one record per line) and ``manif
 fingerprint of everything that determined it (config subtree, template and schema hashes, model id, seed,
 input fingerprint) -- never batch size or worker count. Writes go to a temporary file in the same folder
 and are renamed into place, so a reader never sees a half-written file.
+
+**One lifecycle** for every artifact (mined and generated negatives): :func:`reusable` returns the manifest of
+a complete folder whose fingerprint matches (the work is skipped); otherwise the caller builds the rows and
+:func:`publish` writes them into a temporary sibling folder and renames it into place, so a failing or killed
+run leaves no half artifact. Rows are read back with :func:`artifact_rows` (the one JSONL reader,
+:func:`causalneg.data.readers.iter_json_objects`).
 """
 
 from __future__ import annotations
@@ -11,13 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from causalneg.data.readers import check_string, iter_json_objects
 from causalneg.errors import DataError
 
 ROWS_FILE = "rows.jsonl"
@@ -70,26 +78,6 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return len(lines)
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield each non-blank line of a JSONL file as a dict; a bad line raises DataError naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", path=path)
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(
-                    f"invalid JSON ({err.msg} at column {err.colno})", path=path, line=line_no
-                ) from None
-            if not isinstance(row, dict):
-                raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=line_no)
-            yield row
-
-
 @dataclass
 class Manifest:
     """What an artifact is and what determined it. ``fingerprint`` is the cache key of the artifact."""
@@ -135,6 +123,62 @@ def is_complete(directory: str | Path) -> bool:
     return (directory / MANIFEST_FILE).is_file() and (directory / ROWS_FILE).is_file()
 
 
-def read_artifact_rows(directory: str | Path) -> Iterator[dict[str, Any]]:
+def artifact_rows(directory: str | Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line_no, row)`` of a complete artifact's ``rows.jsonl`` (DataError when the artifact is incomplete)."""
     load_manifest(directory)
-    return read_jsonl(Path(directory) / ROWS_FILE)
+    return iter_json_objects(Path(directory) / ROWS_FILE, what)
+
+
+def query_rows(
+    directory: str | Path, what: str, field: str
+) -> Iterator[tuple[int, str, list[Any], dict[str, Any]]]:
+    """``(line_no, query_id, row[field], row)`` of an artifact with one row per query and a list ``field``
+    (mined candidates, generated negatives); a row without them raises DataError naming file, line and field."""
+    path = Path(directory) / ROWS_FILE
+    for line, row in artifact_rows(directory, what):
+        qid = check_string(row.get("query_id"), path, line, "query_id", allow_empty=False)
+        items = row.get(field)
+        if not isinstance(items, list):
+            raise DataError("expected a list", path=path, line=line, field=field)
+        yield line, qid, items, row
+
+
+def reusable(
+    directory: str | Path, fingerprint: str, accept: Callable[[Manifest], bool] | None = None
+) -> Manifest | None:
+    """The manifest of the complete artifact in ``directory`` when its fingerprint is ``fingerprint`` (and
+    ``accept`` takes it, e.g. "no request failed at the backend"), else None: the artifact must be built."""
+    if not is_complete(directory):
+        return None
+    manifest = load_manifest(directory)
+    if manifest.fingerprint != fingerprint or (accept is not None and not accept(manifest)):
+        return None
+    return manifest
+
+
+def publish(
+    directory: str | Path, write: Callable[[Path], Any], replace: Callable[[Manifest], bool] | None = None
+) -> Path:
+    """``write(tmp)`` into a temporary sibling folder, then rename it to ``directory``.
+
+    A complete folder already there (published meanwhile by a concurrent run of the same config) wins unless
+    ``replace(its manifest)``; a stale, incomplete one is removed. The temporary folder never outlives the call.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        write(tmp)
+        if directory.exists():
+            keep = is_complete(directory) and not (replace is not None and replace(load_manifest(directory)))
+            if keep:
+                return directory
+            shutil.rmtree(directory)
+        try:
+            os.replace(tmp, directory)
+        except OSError:
+            if not is_complete(directory):  # not a concurrent writer's complete folder: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory

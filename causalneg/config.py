@@ -37,7 +37,10 @@ def to_container(node: Any) -> Any:
 
 
 def plain_dict(node: Any) -> dict[str, Any]:
-    """A resolved ``dict[str, Any]`` copy of a DictConfig (or mapping)."""
+    """A resolved ``dict[str, Any]`` copy of a DictConfig or mapping (``{}`` for None): the one conversion from
+    config to plain values that the stages hand to library code."""
+    if node is None:
+        return {}
     container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     if not isinstance(container, dict):
         raise ConfigError(f"expected a mapping, got {type(container).__name__}")

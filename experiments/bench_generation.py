@@ -159,11 +159,13 @@ def run_backend(spec: str, args: argparse.Namespace, root: Path) -> dict[str, An
     import torch
     from omegaconf import OmegaConf
 
+    from causalneg.config import plain_dict
     from causalneg.generation.backends.factory import build_backend
     from causalneg.generation.pipeline import run_pipeline
     from causalneg.generation.store import RequestStore
     from causalneg.stages.common import load_dataset
     from causalneg.stages.generate import build_embedder, build_inputs, filter_config, pipeline_settings
+    from causalneg.stages.specs import generation_plan
 
     overrides = [
         f"generation={args.method}",
@@ -185,12 +187,12 @@ def run_backend(spec: str, args: argparse.Namespace, root: Path) -> dict[str, An
     cfg = compose(args.model, name, args.n, root, overrides)
     torch.set_num_threads(args.threads)
     dataset = load_dataset(cfg)
-    items = build_inputs(cfg, dataset)
+    items = build_inputs(generation_plan(cfg, dataset), dataset)
     filters = filter_config(cfg, dataset)
     embed = build_embedder(cfg, filters)
     load_before = os.getloadavg()
     start = time.perf_counter()
-    backend = TimedBackend(build_backend(cfg.generation))
+    backend = TimedBackend(build_backend(plain_dict(cfg.generation)))
     startup = time.perf_counter() - start
     journal = root / f"journal-{spec.replace(':', '_').replace('=', '-').replace('+', '_')}.jsonl"
     try:

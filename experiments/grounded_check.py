@@ -103,8 +103,9 @@ def compose(extra: list[str]) -> Any:
 
 def journal_of(cfg: Any, dataset: Any) -> Path:
     from causalneg.generation.artifact import journal_path
+    from causalneg.stages.specs import generation_spec
 
-    return journal_path(cfg, dataset)
+    return journal_path(generation_spec(cfg), dataset)
 
 
 def sync_journal(live: Path, committed: Path) -> None:
@@ -143,9 +144,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def copy_artifact(cfg: Any, dataset: Any, target: Path) -> Path | None:
     from causalneg.artifacts import is_complete
-    from causalneg.generation.artifact import generated_artifact_dir
+    from causalneg.stages.specs import generation_plan
 
-    source = generated_artifact_dir(cfg, dataset)
+    source = generation_plan(cfg, dataset).directory
     if not is_complete(source):
         return None
     target.mkdir(parents=True, exist_ok=True)
@@ -186,15 +187,16 @@ def probe(
     """
     import torch
 
-    from causalneg.data.mining.artifact import bm25_options, filter_config, mining_config
+    from causalneg.data.mining.artifact import bm25_options, filter_config
     from causalneg.data.mining.bm25 import mine_bm25
     from causalneg.data.mining.filters import filter_candidates
     from causalneg.diagnostics.probes import blind_probe_auc
-    from causalneg.generation.artifact import generation_split, mining_cfg
     from causalneg.stages.common import build_encoder
+    from causalneg.stages.specs import generation_spec, mining_spec
 
-    mining = mining_config(mining_cfg(cfg))
-    ranked = mine_bm25(dataset, generation_split(cfg), query_ids, options=bm25_options(mining))
+    split = generation_spec(cfg).split
+    mining = mining_spec(cfg, split).config
+    ranked = mine_bm25(dataset, split, query_ids, options=bm25_options(mining))
     mined = {
         r.query_id: [(c.id, c.score) for c in filter_candidates(r, filter_config(mining))[0]] for r in ranked
     }
@@ -306,7 +308,10 @@ def samples_section(
 
 def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
     cfg, dataset = load_dataset_for(name, args.home)
-    from causalneg.generation.artifact import generation_query_ids
+    from causalneg.stages.specs import generation_plan
+
+    def generation_query_ids(cfg: Any, data: Any) -> list[str]:
+        return list(generation_plan(cfg, data).selection.query_ids)
 
     grounded_cfg = compose(overrides(name, "grounded", args.limit))
     naive_cfg = compose(overrides(name, "naive", args.naive_limit)) if args.naive_limit else None

@@ -1,11 +1,12 @@
-"""LightningDataModule: artifacts in ``prepare_data`` (mining in-process, generation in a child process),
-pools and loaders in ``setup`` (which only reads files)."""
+"""LightningDataModule: artifacts in ``prepare_data`` (mining in-process, generation handed off to a child process
+by the stages' :class:`ArtifactSources`), pools and loaders in ``setup`` (which only reads files). The selected
+training and dev query ids arrive in :class:`DataSettings`; this module selects nothing itself."""
 
 from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +24,14 @@ from causalneg.data.batching import (
     Tokenize,
 )
 from causalneg.data.groups import GroupSpec, QueryPool, build_pools, hold_out_diagnostic_pools
-from causalneg.data.selection import select_query_ids
 from causalneg.errors import ConfigError
 from causalneg.records import Negative, NegativeSource, Passage, RetrievalDataset
 
 
 @dataclass(frozen=True)
 class DataSettings:
-    """Batching and split choices (the ``data`` config group)."""
+    """Batching and split choices (the ``data`` config group) and the selected query ids of the training and dev
+    splits (:func:`causalneg.stages.specs.selection`: this module selects nothing itself)."""
 
     spec: GroupSpec
     seed: int = 0
@@ -39,11 +40,21 @@ class DataSettings:
     num_workers: int = 0
     train_split: str = "train"
     dev_split: str | None = None
-    max_train_queries: int | None = None
-    selection_seed: int = 0
+    train_query_ids: tuple[str, ...] = ()
+    dev_query_ids: tuple[str, ...] = ()
+    selection_seed: int = 0  # held-out diagnostic groups and the dev sub-corpus
     diagnostics_groups: int = 32
-    max_dev_queries: int | None = 200
     dev_subcorpus_random: int = 2000
+
+
+@dataclass(frozen=True)
+class DevSet:
+    """What validation ranks: the dev sub-corpus (ids and passage texts, in the same order) and the dev queries'
+    judgements. The dev queries themselves come from ``val_dataloader``."""
+
+    doc_ids: tuple[str, ...]
+    doc_texts: tuple[str, ...]
+    qrels: Mapping[str, Mapping[str, int]]
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,11 @@ class RetrievalDataModule(L.LightningDataModule):
         self._dirs: dict[str, Path] = {}
         self.generated_counts: dict[str, int] = {}  # setup(): kept generated negatives of training queries
 
+    @property
+    def artifact_dirs(self) -> dict[str, Path]:
+        """The artifact folders ``setup`` read: ``mined_train``, ``mined_dev``, ``generated`` (those in use)."""
+        return dict(self._dirs)
+
     # -- artifacts -------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Make sure every artifact exists (rank 0 only under DDP). Never stores state on ``self``."""
@@ -152,8 +168,7 @@ class RetrievalDataModule(L.LightningDataModule):
         generated = None
         if "generated" in self._dirs and self.sources.load_generated is not None:
             generated = self.sources.load_generated(self._dirs["generated"])
-        query_ids = select_query_ids(ds.split(s.train_split), s.max_train_queries, s.selection_seed)
-        pools = build_pools(ds, s.train_split, query_ids, mined, generated)
+        pools = build_pools(ds, s.train_split, list(s.train_query_ids), mined, generated)
         if not pools:
             raise ConfigError(f"no training queries with positives in split '{s.train_split}' of '{ds.name}'")
         self.train_pools, self.diagnostic_pools = self._hold_out(pools)
@@ -185,7 +200,7 @@ class RetrievalDataModule(L.LightningDataModule):
         s, ds = self.settings, self.dataset
         assert s.dev_split is not None
         dev = ds.split(s.dev_split)
-        qids = select_query_ids(dev, s.max_dev_queries, s.selection_seed)
+        qids = list(s.dev_query_ids)
         self.dev_items = [(qid, dev.queries[qid].text) for qid in qids]
         ids = {pid for qid in qids for pid in dev.qrels.get(qid, {}) if pid in ds.corpus}
         for qid, cands in (self._load_mined("mined_dev") or {}).items():
@@ -195,6 +210,15 @@ class RetrievalDataModule(L.LightningDataModule):
         corpus_ids = sorted(ds.corpus)
         ids.update(rng.sample(corpus_ids, min(s.dev_subcorpus_random, len(corpus_ids))))
         self.dev_corpus_ids = sorted(ids)
+
+    def dev_set(self) -> DevSet:
+        """The dev sub-corpus and the dev qrels, once ``setup`` has run (the system's validation data)."""
+        if not self.settings.dev_split:
+            raise ConfigError("validation needs a dev split (dataset.dev_split)")
+        corpus, split = self.dataset.corpus, self.dataset.split(self.settings.dev_split)
+        texts = tuple(corpus[pid].full_text for pid in self.dev_corpus_ids)
+        qrels = {qid: split.qrels.get(qid, {}) for qid, _ in self.dev_items}
+        return DevSet(tuple(self.dev_corpus_ids), texts, qrels)
 
     # -- loaders ---------------------------------------------------------------------------------------------
     def _random_pool(self) -> Sequence[Passage]:

@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from causalneg.contracts import PRIMARY_METRIC
 from causalneg.diagnostics.shortcut import ShortcutReport
 from causalneg.records import NegativeSource
 
@@ -146,7 +147,7 @@ def _bar_panel(ax: Axes, summary: pd.DataFrame, metric: str, arms: Sequence[str]
 
 
 def metric_by_arm(
-    summary: pd.DataFrame, metric: str = "test/ndcg@10", arms: Sequence[str] | None = None
+    summary: pd.DataFrame, metric: str = f"test/{PRIMARY_METRIC}", arms: Sequence[str] | None = None
 ) -> Figure:
     """Bar chart of one metric per arm with its 95% interval.
 

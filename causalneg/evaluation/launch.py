@@ -10,27 +10,26 @@ no process group at all.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
-from causalneg.config import plain_dict
 from causalneg.errors import ConfigError
 
 MULTI_PROCESS_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
-def wants_processes(trainer_cfg: DictConfig | dict[str, Any]) -> bool:
-    """True when the trainer config asks for more than one process (several devices or nodes, a ddp strategy)."""
-    settings = plain_dict(trainer_cfg) if isinstance(trainer_cfg, DictConfig) else dict(trainer_cfg)
+def wants_processes(settings: Mapping[str, Any]) -> bool:
+    """True when the resolved ``trainer`` settings ask for more than one process (several devices or nodes, a
+    ddp strategy)."""
     devices, nodes = settings.get("devices", 1), int(settings.get("num_nodes", 1) or 1)
     strategy = str(settings.get("strategy") or "auto")
     several = nodes > 1 or (isinstance(devices, int) and devices > 1) or isinstance(devices, list | str)
     return several and strategy.split("_find_unused")[0] in MULTI_PROCESS_STRATEGIES
 
 
-def launch_fabric(trainer_cfg: DictConfig) -> Any:
+def launch_fabric(settings: Mapping[str, Any]) -> Any:
     """A launched :class:`lightning.fabric.Fabric` on ``trainer``'s accelerator/devices/num_nodes (ddp).
 
     Every rank returns from this call; the process group is initialised. Threads per rank: the cores divided
@@ -38,7 +37,6 @@ def launch_fabric(trainer_cfg: DictConfig) -> Any:
     """
     from lightning.fabric import Fabric
 
-    settings = plain_dict(trainer_cfg)
     # Encoding needs no model sharding and no spawned workers: every data-parallel preset runs as script-launched
     # ddp (the command is re-run per local rank, or torchrun/SLURM started the ranks).
     strategy = str(settings.get("strategy") or "ddp").split("_find_unused")[0]

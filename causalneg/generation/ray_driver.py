@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from causalneg.errors import ConfigError, MissingDependencyError, reject_unknown_keys
 from causalneg.generation.prompting import PromptInputs
@@ -82,18 +81,14 @@ class GenerationWorker:
     """A Ray Data actor: one backend, one journal; ``__call__`` generates for a batch of prompt inputs."""
 
     def __init__(self, cfg: dict[str, Any], journal: str, filters: dict[str, Any]) -> None:
-        from causalneg.generation.backends.factory import build_backend
         from causalneg.generation.filters import FilterConfig
-        from causalneg.stages.generate import build_embedder, pipeline_settings
+        from causalneg.stages.generate import worker_parts
 
-        self.cfg = OmegaConf.create(cfg)
-        self.settings = pipeline_settings(self.cfg)
         corpus_chars = filters.get("corpus_chars")
         self.filters = FilterConfig(
             **{**filters, "corpus_chars": tuple(corpus_chars) if corpus_chars else None}
         )
-        self.embed = build_embedder(self.cfg, self.filters)
-        self.backend = build_backend(self.cfg.generation)
+        self.settings, self.embed, self.backend = worker_parts(cfg, self.filters)
         self.store = worker_store(journal)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -134,16 +129,9 @@ class GroundedWorker:
     """A Ray Data actor for ``generation=grounded``: one backend, one journal, the dataset's document frequencies."""
 
     def __init__(self, cfg: dict[str, Any], journal: str) -> None:
-        from causalneg.generation.backends.factory import build_backend
-        from causalneg.generation.grounded.inputs import document_frequency
-        from causalneg.stages.common import load_dataset
-        from causalneg.stages.generate_grounded import build_similarity, grounded_settings
+        from causalneg.stages.generate_grounded import grounded_worker_parts
 
-        self.cfg = OmegaConf.create(cfg)
-        self.settings = grounded_settings(self.cfg)
-        self.similarity = build_similarity(self.cfg)
-        self.document_frequency = document_frequency(load_dataset(self.cfg))
-        self.backend = build_backend(self.cfg.generation)
+        self.settings, self.similarity, self.document_frequency, self.backend = grounded_worker_parts(cfg)
         self.store = worker_store(journal)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

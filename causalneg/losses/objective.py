@@ -138,30 +138,25 @@ def per_source_similarity_stats(
     return stats
 
 
-def build_objective(loss_cfg: Any, regularizer_cfg: Any = None) -> Objective:
-    """Instantiate the objective from ``cfg.loss`` and ``cfg.regularizer`` (a mapping name -> node, or None).
+def build_objective(
+    loss_cfg: Mapping[str, Any], regularizer_cfg: Mapping[str, Any] | None = None
+) -> Objective:
+    """Instantiate the objective from the resolved ``loss`` mapping and ``regularizer`` (name -> node, or None).
 
     ``loss.grad_cache`` configures how the training step computes the gradient, not the loss: it is left out
     here (see :func:`grad_cache_chunk_size`). Each regularizer node holds ``_target_``, ``weight`` (popped here,
     owned by :class:`Objective`) and the constructor's keyword arguments; a node set to null is skipped.
     """
     from hydra.utils import instantiate
-    from omegaconf import DictConfig, OmegaConf
 
     from causalneg.losses.infonce import InfoNCE
 
-    def plain(node: Any) -> Any:
-        return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-    loss_node = plain(loss_cfg)
-    if isinstance(loss_node, Mapping):
-        loss_node = {k: v for k, v in loss_node.items() if k != "grad_cache"}
-    infonce = instantiate(loss_node)
+    infonce = instantiate({k: v for k, v in loss_cfg.items() if k != "grad_cache"})
     if not isinstance(infonce, InfoNCE):
         raise ConfigError(f"loss._target_ must build causalneg.losses.InfoNCE, got {type(infonce).__name__}")
     regularizers: dict[str, Regularizer] = {}
     weights: dict[str, float] = {}
-    for name, node in (plain(regularizer_cfg) or {}).items():
+    for name, node in (regularizer_cfg or {}).items():
         if node is None:
             continue
         if not isinstance(node, Mapping) or "_target_" not in node or "weight" not in node:
@@ -177,7 +172,7 @@ def build_objective(loss_cfg: Any, regularizer_cfg: Any = None) -> Objective:
 def grad_cache_chunk_size(loss_cfg: Any) -> int | None:
     """``loss.grad_cache.chunk_size``: texts per encoder chunk with gradient caching, or None (off; also when
     the key is absent). Must be an integer >= 1 when set."""
-    node = loss_cfg.get("grad_cache") if loss_cfg is not None else None  # a DictConfig or a dict
+    node = loss_cfg.get("grad_cache") if loss_cfg is not None else None
     size = node.get("chunk_size") if node is not None else None
     if size is None:
         return None

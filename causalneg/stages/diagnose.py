@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from causalneg.artifacts import atomic_write_json
+from causalneg.config import plain_dict
 from causalneg.data.datamodule import RetrievalDataModule
 from causalneg.diagnostics.callback import collect_embeddings
 from causalneg.diagnostics.plots import save_figure, source_histograms
@@ -23,7 +24,7 @@ from causalneg.diagnostics.shortcut import shortcut_diagnostics
 from causalneg.errors import ConfigError
 from causalneg.losses import build_objective
 from causalneg.stages.common import apply_runtime, artifact_sources, build_encoder, load_dataset
-from causalneg.stages.train import data_settings
+from causalneg.stages.specs import data_settings, run_spec
 from causalneg.tracking.runs import build_mlflow_logger, log_file, log_metrics, terminal_status
 from causalneg.training.system import RetrieverSystem
 
@@ -32,13 +33,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     apply_runtime(cfg)
     diag_cfg = cfg.diagnostics
     output_dir = Path(str(cfg.paths.output_dir))
-    logger = build_mlflow_logger(cfg)
+    logger = build_mlflow_logger(run_spec(cfg))
     with terminal_status(logger):
         dataset = load_dataset(cfg)
         encoder = build_encoder(cfg)
-        system = RetrieverSystem(
-            encoder, build_objective(cfg.loss, cfg.get("regularizer")), torch.optim.AdamW
-        )
+        # Embedding only: the run's objective (so that its checkpoint loads as saved), no optimizer.
+        objective = build_objective(plain_dict(cfg.loss), plain_dict(cfg.get("regularizer")))
+        system = RetrieverSystem(encoder, objective)
         checkpoint = (cfg.get("diagnose") or {}).get("checkpoint")
         if checkpoint:
             if not Path(str(checkpoint)).is_file():
@@ -47,7 +48,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             system.load_state_dict(state)
         system.eval()
         datamodule = RetrievalDataModule(
-            dataset, encoder.tokenize, data_settings(cfg), artifact_sources(cfg, dataset, encoder)
+            dataset, encoder.tokenize, data_settings(cfg, dataset), artifact_sources(cfg, dataset, encoder)
         )
         datamodule.prepare_data()
         datamodule.setup("fit")

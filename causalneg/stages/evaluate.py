@@ -18,11 +18,13 @@ from omegaconf import DictConfig
 
 from causalneg.artifacts import atomic_write_json
 from causalneg.config import plain_dict
+from causalneg.contracts import PRIMARY_METRIC
 from causalneg.evaluation.embedding_cache import EmbeddingCache
 from causalneg.evaluation.index import IndexConfig
 from causalneg.evaluation.launch import launch_fabric, wants_processes
 from causalneg.evaluation.retrieval import RetrievalResult, evaluate_retrieval
 from causalneg.stages.common import apply_runtime, build_encoder, load_dataset
+from causalneg.stages.specs import run_spec
 from causalneg.tracking.runs import build_mlflow_logger, log_json, log_metrics, terminal_status
 
 
@@ -64,12 +66,12 @@ def throughput_metrics(split: str, rank_stats: list[dict[str, Any]]) -> dict[str
 def run(cfg: DictConfig) -> dict[str, Any]:
     apply_runtime(cfg)
     split = str(cfg.eval.get("split") or cfg.dataset.test_split)
-    fabric = launch_fabric(cfg.trainer) if wants_processes(cfg.trainer) else None
+    fabric = launch_fabric(plain_dict(cfg.trainer)) if wants_processes(plain_dict(cfg.trainer)) else None
     if fabric is not None and fabric.global_rank != 0:  # the other ranks encode and search; rank 0 reports
         _, result = _evaluate(cfg, split, fabric)
-        return {"metrics": result.metrics, "objective": result.metrics.get("ndcg@10"), "run_id": None}
+        return {"metrics": result.metrics, "objective": result.metrics.get(PRIMARY_METRIC), "run_id": None}
     output_dir = Path(str(cfg.paths.output_dir))
-    logger = build_mlflow_logger(cfg)
+    logger = build_mlflow_logger(run_spec(cfg))
     with terminal_status(logger):
         name, result = _evaluate(cfg, split, fabric)
         ranks = result.stats.get("ranks", [])
@@ -88,4 +90,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"  rank {stats['rank']}: {stats['passages_encoded']} passages in {stats['encode_seconds']:.1f} s "
             f"= {stats['passages_per_second']:.1f} passages/s ({stats['shards']} shard(s){hits})"
         )
-    return {"metrics": result.metrics, "objective": result.metrics.get("ndcg@10"), "run_id": logger.run_id}
+    return {
+        "metrics": result.metrics,
+        "objective": result.metrics.get(PRIMARY_METRIC),
+        "run_id": logger.run_id,
+    }

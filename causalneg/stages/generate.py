@@ -2,7 +2,8 @@
 
 ``python run.py stage=generate [generation=naive] [generation/backend=vllm] [generation/model=qwen_coder_1_5b]``;
 ``generation.preview=true`` prints the rendered prompts of the first selected query and exits. Run it in its
-own process (vLLM does not free memory in-process): training's ``prepare_data`` launches it as a child.
+own process (vLLM does not free memory in-process): training's ``prepare_data`` hands it a written config
+(:mod:`causalneg.stages.handoff`). What it generates for is :func:`causalneg.stages.specs.generation_plan`.
 Finished requests are journaled, so an interrupted run resumes where it stopped. SIGTERM (a scheduler, ``kill``,
 a parent stopping its child) raises ``SystemExit(143)`` while the backend is alive, so ``backend.close()`` runs
 and shuts the engine's processes down (vLLM's EngineCore would otherwise outlive this process).
@@ -14,9 +15,6 @@ fingerprint: it is a function of the dataset (an input) and ``length_quantiles``
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,19 +23,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from causalneg.artifacts import Manifest, is_complete, load_manifest, write_artifact, write_jsonl_atomic
+from causalneg.artifacts import Manifest, publish, reusable, write_artifact, write_jsonl_atomic
+from causalneg.config import plain_dict
 from causalneg.errors import ConfigError
-from causalneg.generation.artifact import (
-    backend_signature,
-    generated_artifact_dir,
-    generation_manifest,
-    generation_query_ids,
-    generation_split,
-    generator_model_id,
-    journal_path,
-    mining_cfg,
-    uses_candidates,
-)
+from causalneg.generation.artifact import backend_signature, journal_path
 from causalneg.generation.backends.base import GenerationBackend, SamplingConfig
 from causalneg.generation.filters import Embedder, FilterConfig, corpus_length_band
 from causalneg.generation.pipeline import PipelineResult, PipelineSettings, run_pipeline
@@ -55,25 +44,26 @@ from causalneg.generation.sharding import (
 from causalneg.generation.store import RequestStore
 from causalneg.records import RetrievalDataset
 from causalneg.stages.common import apply_runtime, load_dataset
+from causalneg.stages.specs import GenerationPlan, generation_plan, run_spec
 
 STAGES = ("decompose", "perturb", "naive")
 
 
 def build_inputs(
-    cfg: DictConfig, dataset: RetrievalDataset, limit: int | None = None, candidates: bool = True
+    plan: GenerationPlan, dataset: RetrievalDataset, limit: int | None = None, candidates: bool = True
 ) -> list[PromptInputs]:
     """One :class:`PromptInputs` per selected query: its first positive and up to ``num_candidates`` mined ones
     (mining the split first if its artifact is missing)."""
-    gen = cfg.generation
-    split = dataset.split(generation_split(cfg))
-    query_ids = generation_query_ids(cfg, dataset)[:limit]
+    gen = plan.spec.settings
+    split = dataset.split(plan.spec.split)
+    query_ids = list(plan.selection.query_ids)[:limit]
     mined: dict[str, list[tuple[str, float]]] = {}
-    if candidates and uses_candidates(cfg):
+    if candidates and plan.candidates is not None:
         from causalneg.data.mining.artifact import ensure_mined, load_mined
 
-        mined = load_mined(ensure_mined(mining_cfg(cfg), dataset))
+        mined = load_mined(ensure_mined(plan.candidates.spec, dataset, plan.candidates.selection))
     profile = resolve_profile(gen.get("profile"), dataset.name)
-    max_chars, k = int(gen.max_passage_chars), int(gen.get("num_candidates") or 0)
+    max_chars, k = int(gen["max_passage_chars"]), plan.spec.num_candidates
     items = []
     for qid in query_ids:
         in_corpus = [pid for pid in split.positives(qid) if pid in dataset.corpus]
@@ -95,34 +85,33 @@ def build_inputs(
     return items
 
 
+def request_settings(gen: DictConfig, stages: tuple[str, ...]) -> dict[str, Any]:
+    """The settings every generation method reads alike: retries, seeds, source, backend signature, per-stage
+    sampling (for ``stages``) and progress."""
+    return {
+        "num_negatives": int(gen.num_negatives),
+        "max_retries": int(gen.max_retries),
+        "temperature_step": float(gen.temperature_step),
+        "max_temperature": float(gen.max_temperature),
+        "seed": int(gen.seed),
+        "source": str(gen.source),
+        "backend_signature": backend_signature(plain_dict(gen)),
+        "progress": bool(gen.get("progress", True)),
+        "sampling": {s: SamplingConfig(**plain_dict(gen[s])) for s in stages if gen.get(s)},
+    }
+
+
 def pipeline_settings(cfg: DictConfig) -> PipelineSettings:
     gen = cfg.generation
-    sampling = {s: SamplingConfig(**_mapping(gen[s])) for s in STAGES if gen.get(s)}
     return PipelineSettings(
-        method=str(gen.method),
-        num_negatives=int(gen.num_negatives),
-        max_retries=int(gen.max_retries),
-        temperature_step=float(gen.temperature_step),
-        max_temperature=float(gen.max_temperature),
-        seed=int(gen.seed),
-        source=str(gen.source),
-        backend_signature=backend_signature(gen),
-        flush_every=int(gen.get("flush_every", 16)),
-        progress=bool(gen.get("progress", True)),
-        sampling=sampling,
+        method=str(gen.method), flush_every=int(gen.get("flush_every", 16)), **request_settings(gen, STAGES)
     )
-
-
-def _mapping(node: Any) -> dict[str, Any]:
-    values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
-    assert isinstance(values, dict)
-    return {str(k): v for k, v in values.items()}
 
 
 def filter_config(cfg: DictConfig, dataset: RetrievalDataset | None = None) -> FilterConfig:
     """``generation.filters`` as a :class:`FilterConfig`; with ``length_from_corpus``, ``corpus_chars`` is set to
     the ``length_quantiles`` of ``dataset``'s passage lengths (``Passage.full_text``, in characters)."""
-    options = _mapping(cfg.generation.get("filters"))
+    options = plain_dict(cfg.generation.get("filters"))
     if options.get("length_from_corpus"):
         if dataset is None:
             raise ConfigError(
@@ -149,10 +138,20 @@ def build_embedder(cfg: DictConfig, filters: FilterConfig) -> Embedder | None:
     return embed
 
 
+def worker_parts(
+    resolved: dict[str, Any], filters: FilterConfig
+) -> tuple[PipelineSettings, Embedder | None, GenerationBackend]:
+    """A Ray worker's settings, embedder and backend, from the resolved config it was sent."""
+    from causalneg.generation.backends.factory import build_backend
+
+    cfg = OmegaConf.create(resolved)
+    return pipeline_settings(cfg), build_embedder(cfg, filters), build_backend(plain_dict(cfg.generation))
+
+
 def preview_prompts(cfg: DictConfig, dataset: RetrievalDataset) -> str:
     """The rendered prompts of the first selected query (perturb: only once its decomposition is journaled)."""
     items = build_inputs(
-        cfg, dataset, limit=1, candidates=False
+        generation_plan(cfg, dataset), dataset, limit=1, candidates=False
     )  # neither prompt shown here lists candidates
     if not items:
         return "no selected query"
@@ -167,25 +166,11 @@ def preview_prompts(cfg: DictConfig, dataset: RetrievalDataset) -> str:
     )
 
 
-def publish(directory: Path, result: PipelineResult, manifest: Manifest) -> None:
-    """Write the artifact into a temporary sibling folder, then rename it into place (manifest last).
-
-    A complete folder published meanwhile by a concurrent run of the same config wins (same journal, same rows),
-    unless requests of it failed at the backend: this run retried them, so its result replaces that folder.
-    """
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
-        write_jsonl_atomic(tmp / "rejected.jsonl", result.rejected)
-        write_jsonl_atomic(tmp / "decompositions.jsonl", result.decompositions)
-        write_artifact(tmp, result.rows, manifest)
-        final = is_complete(directory) and not backend_failures(load_manifest(directory))
-        if directory.exists() and not final:
-            shutil.rmtree(directory)  # stale: incomplete, or with requests that failed at the backend
-        if not directory.exists():
-            os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def write_files(tmp: Path, result: PipelineResult, manifest: Manifest) -> None:
+    """The artifact's files in ``tmp`` (the manifest last), for :func:`causalneg.artifacts.publish`."""
+    write_jsonl_atomic(tmp / "rejected.jsonl", result.rejected)
+    write_jsonl_atomic(tmp / "decompositions.jsonl", result.decompositions)
+    write_artifact(tmp, result.rows, manifest)
 
 
 def log_to_mlflow(cfg: DictConfig, manifest: Manifest, result: PipelineResult) -> None:
@@ -194,7 +179,7 @@ def log_to_mlflow(cfg: DictConfig, manifest: Manifest, result: PipelineResult) -
         return
     from causalneg.tracking.runs import build_mlflow_logger, log_json, log_metrics, terminal_status
 
-    logger = build_mlflow_logger(cfg)
+    logger = build_mlflow_logger(run_spec(cfg))
     with terminal_status(logger):
         counts = manifest.counts
         metrics = {
@@ -251,14 +236,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         text = preview_prompts(cfg, dataset)
         print(text)
         return {"preview": text}
-    directory = generated_artifact_dir(cfg, dataset)
-    manifest = generation_manifest(cfg, dataset)
-    if is_complete(directory):
-        existing = load_manifest(directory)
-        # An artifact whose requests partly failed at the backend (timeouts, HTTP 5xx: not journaled) is not
-        # final: running the stage again retries exactly those requests and reuses every journaled one.
-        if existing.fingerprint == manifest.fingerprint and not backend_failures(existing):
-            return summarize(directory, existing, reused=True)
+    plan = generation_plan(cfg, dataset)
+    directory, manifest = plan.directory, plan.manifest
+    # An artifact whose requests partly failed at the backend (timeouts, HTTP 5xx: not journaled) is not
+    # final: running the stage again retries exactly those requests and reuses every journaled one.
+    existing = reusable(directory, manifest.fingerprint, accept=lambda m: not backend_failures(m))
+    if existing is not None:
+        return summarize(directory, existing, reused=True)
     started = time.perf_counter()
     from causalneg.generation.backends.factory import build_backend
     from causalneg.tracking.runs import sigterm_exits
@@ -269,10 +253,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if str(cfg.generation.method) == "grounded":
             from causalneg.stages.generate_grounded import generate_grounded
 
-            result, signature = generate_grounded(cfg, dataset, directory, manifest.fingerprint, spec)
+            result, signature = generate_grounded(cfg, dataset, plan, spec)
             store_fresh: dict[str, Any] = {}
         else:
-            items = build_inputs(cfg, dataset)
+            items = build_inputs(plan, dataset)
             filters = filter_config(cfg, dataset)
             if filters.corpus_chars is not None:  # derived from the dataset: recorded, not fingerprinted
                 manifest.config["filters"] = {
@@ -280,23 +264,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "corpus_chars": list(filters.corpus_chars),
                 }
             embed = build_embedder(cfg, filters)
-            journal = journal_path(cfg, dataset)
+            journal = journal_path(plan.spec, dataset)
             backend: GenerationBackend
             if spec is not None and spec.is_merge:  # every request is in a shard journal: replay them
                 fold_shard_journals(directory, journal, spec, manifest.fingerprint)
-                backend = ReplayOnlyBackend(spec, generator_model_id(cfg.generation.model))
+                backend = ReplayOnlyBackend(spec, plan.spec.model_id)
             else:
                 if spec is not None:
                     items, journal = shard_items(items, spec), shard_journal(journal, spec)
-                ray_options = RayOptions.from_dict(_mapping(cfg.generation.get("ray")))
+                ray_options = RayOptions.from_dict(plain_dict(cfg.generation.get("ray")))
                 if ray_options.enabled:  # Ray Data workers journal every request; this process replays
-                    resolved = _mapping(cfg)
+                    resolved = plain_dict(cfg)
                     print(
                         f"[generate] ray: {generate_on_ray(resolved, items, filters, journal, ray_options)}"
                     )
-                    backend = ReplayOnlyBackend(None, generator_model_id(cfg.generation.model))
+                    backend = ReplayOnlyBackend(None, plan.spec.model_id)
                 else:
-                    backend = build_backend(cfg.generation)
+                    backend = build_backend(plan.spec.settings)
             signature = backend_key_signature(backend)
             try:
                 store = RequestStore(journal)
@@ -314,6 +298,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "wall_seconds": round(time.perf_counter() - started, 2),
         "this_run": store_fresh or result.counts.pop("this_run", {}),
     }
-    publish(directory, result, manifest)
+    # A complete folder published meanwhile by a concurrent run of the same config wins (same journal, same
+    # rows), unless requests of it failed at the backend: this run retried them, so its result replaces it.
+    publish(
+        directory, lambda tmp: write_files(tmp, result, manifest), replace=lambda m: backend_failures(m) > 0
+    )
     log_to_mlflow(cfg, manifest, result)
     return summarize(directory, manifest, reused=False)

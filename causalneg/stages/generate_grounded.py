@@ -10,20 +10,16 @@ methods (:func:`causalneg.generation.ray_driver.generate_grounded_on_ray`).
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from causalneg.config import plain_dict
 from causalneg.errors import ConfigError
-from causalneg.generation.artifact import (
-    backend_signature,
-    generation_query_ids,
-    generation_split,
-    journal_path,
-)
-from causalneg.generation.backends.base import GenerationBackend, SamplingConfig
+from causalneg.generation.artifact import journal_path
+from causalneg.generation.backends.base import GenerationBackend
 from causalneg.generation.grounded.inputs import build_items, document_frequency
 from causalneg.generation.grounded.pipeline import GroundedItem, GroundedSettings, Similarity, run_grounded
 from causalneg.generation.grounded.verify import VerifyConfig
@@ -42,33 +38,22 @@ from causalneg.generation.sharding import (
 )
 from causalneg.generation.store import RequestStore
 from causalneg.records import RetrievalDataset
-
-
-def _plain(node: Any) -> dict[str, Any]:
-    values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
-    assert isinstance(values, dict)
-    return {str(k): v for k, v in values.items()}
+from causalneg.stages.specs import GenerationPlan, generation_plan
 
 
 def grounded_settings(cfg: DictConfig) -> GroundedSettings:
+    from causalneg.stages.generate import request_settings
+
     gen = cfg.generation
     return GroundedSettings(
-        num_negatives=int(gen.num_negatives),
         min_kept=int(gen.get("min_kept", 2)),
         fallback_spans=int(gen.get("fallback_spans", 2)),
         max_spans=int(gen.max_spans),
         max_sentences=int(gen.max_sentences),
         min_overlap=float(gen.min_overlap),
-        max_retries=int(gen.max_retries),
-        temperature_step=float(gen.temperature_step),
-        max_temperature=float(gen.max_temperature),
-        seed=int(gen.seed),
-        source=str(gen.source),
-        backend_signature=backend_signature(gen),
         use_spacy=bool(gen.get("use_spacy", True)),
-        progress=bool(gen.get("progress", True)),
-        sampling={s: SamplingConfig(**_plain(gen[s])) for s in ("decompose", "substitute") if gen.get(s)},
-        verify=VerifyConfig(**_plain(gen.verify)),
+        verify=VerifyConfig(**plain_dict(gen.verify)),
+        **request_settings(gen, ("decompose", "substitute")),
     )
 
 
@@ -91,10 +76,27 @@ def build_similarity(cfg: DictConfig) -> Similarity | None:
     return similarity
 
 
-def _items(cfg: DictConfig, dataset: RetrievalDataset, spec: ShardSpec | None) -> list[GroundedItem]:
+def grounded_worker_parts(
+    resolved: dict[str, Any],
+) -> tuple[GroundedSettings, Similarity | None, Callable[[str], float], GenerationBackend]:
+    """A Ray worker's settings, similarity, document frequencies and backend, from the resolved config."""
+    from causalneg.generation.backends.factory import build_backend
+    from causalneg.stages.specs import load_dataset
+
+    cfg = OmegaConf.create(resolved)
+    frequencies = document_frequency(load_dataset(cfg))
+    return (
+        grounded_settings(cfg),
+        build_similarity(cfg),
+        frequencies,
+        build_backend(plain_dict(cfg.generation)),
+    )
+
+
+def _items(plan: GenerationPlan, dataset: RetrievalDataset, spec: ShardSpec | None) -> list[GroundedItem]:
     """The selected queries' items (a shard ``spec``: its contiguous slice of them)."""
-    profile = resolve_profile(cfg.generation.get("profile"), dataset.name)
-    items = build_items(dataset, generation_split(cfg), generation_query_ids(cfg, dataset), profile)
+    profile = resolve_profile(plan.spec.settings.get("profile"), dataset.name)
+    items = build_items(dataset, plan.spec.split, list(plan.selection.query_ids), profile)
     return shard_items(items, spec) if spec is not None and not spec.is_merge else items
 
 
@@ -104,10 +106,11 @@ def run_grounded_stage(
     backend: GenerationBackend,
     store: RequestStore,
     spec: ShardSpec | None = None,
+    plan: GenerationPlan | None = None,
 ) -> PipelineResult:
     """The grounded pipeline over the selected queries (a shard ``spec``: its contiguous slice of them)."""
     result = run_grounded(
-        _items(cfg, dataset, spec),
+        _items(plan or generation_plan(cfg, dataset), dataset, spec),
         backend,
         store,
         grounded_settings(cfg),
@@ -119,15 +122,16 @@ def run_grounded_stage(
 
 
 def generate_grounded(
-    cfg: DictConfig, dataset: RetrievalDataset, directory: Path, fingerprint: str, spec: ShardSpec | None
+    cfg: DictConfig, dataset: RetrievalDataset, plan: GenerationPlan, spec: ShardSpec | None
 ) -> tuple[PipelineResult, dict[str, Any]]:
-    """One job, shard ``spec`` or the merge of ``spec.count`` shards into ``directory``'s artifact (whose manifest
-    has ``fingerprint``); returns the result and the generating backend's key signature (for the shard receipt).
+    """One job, shard ``spec`` or the merge of ``spec.count`` shards into ``plan``'s artifact; returns the result
+    and the generating backend's key signature (for the shard receipt).
 
     The merge replays every request from the shard journals; one that none holds fails it with a ``ConfigError``.
     """
-    journal = journal_path(cfg, dataset)
-    ray_options = RayOptions.from_dict(_plain(cfg.generation.get("ray")))
+    directory, fingerprint = plan.directory, plan.manifest.fingerprint
+    journal = journal_path(plan.spec, dataset)
+    ray_options = RayOptions.from_dict(plain_dict(cfg.generation.get("ray")))
     backend: GenerationBackend
     if spec is not None and spec.is_merge:
         fold_shard_journals(directory, journal, spec, fingerprint)
@@ -135,7 +139,7 @@ def generate_grounded(
     elif ray_options.enabled:  # Ray Data workers journal every request; this process replays them
         journal = journal if spec is None else shard_journal(journal, spec)
         stats, signature = generate_grounded_on_ray(
-            _plain(cfg), _items(cfg, dataset, spec), journal, ray_options
+            plain_dict(cfg), _items(plan, dataset, spec), journal, ray_options
         )
         print(f"[generate] ray: {stats}")
         backend = grounded_replay(None, signature or {"model_id": "", "scores": False})
@@ -143,10 +147,10 @@ def generate_grounded(
         from causalneg.generation.backends.factory import build_backend
 
         journal = journal if spec is None else shard_journal(journal, spec)
-        backend = build_backend(cfg.generation)
+        backend = build_backend(plan.spec.settings)
     signature = backend_key_signature(backend)
     try:
-        result = run_grounded_stage(cfg, dataset, backend, RequestStore(journal), spec)
+        result = run_grounded_stage(cfg, dataset, backend, RequestStore(journal), spec, plan)
     except Exception as err:  # a miss surfaces as the judge's or the pipeline's own error: name it
         if isinstance(backend, ReplayOnlyBackend) and backend.missing:
             raise ConfigError(backend.message()) from err

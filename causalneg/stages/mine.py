@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from causalneg.artifacts import load_manifest
-from causalneg.config import check_required
+from causalneg.config import check_required, plain_dict
 from causalneg.data.mining.artifact import ensure_mined
-from causalneg.errors import ConfigError
-from causalneg.records import RetrievalDataset
+from causalneg.stages.specs import load_dataset, mining_spec, selection
 
 if TYPE_CHECKING:
     from causalneg.models.encoder import DualEncoder
@@ -34,13 +32,6 @@ def _splits(cfg: DictConfig) -> list[str]:
     return splits
 
 
-def _load_dataset(cfg: DictConfig) -> RetrievalDataset:
-    dataset = instantiate(cfg.dataset)
-    if not isinstance(dataset, RetrievalDataset):
-        raise ConfigError(f"dataset._target_ must return a RetrievalDataset, got {type(dataset).__name__}")
-    return dataset
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_required(cfg)
     # BM25 needs neither torch threads nor transformers: import them (seconds) only for dense mining.
@@ -48,16 +39,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from causalneg.stages.common import apply_runtime
 
         apply_runtime(cfg)
-    dataset = _load_dataset(cfg)
+    dataset = load_dataset(cfg)
     encoder: DualEncoder | None = None
     fabric = None
     if str(cfg.mining.method) == "dense" and cfg.get("trainer") is not None:
         from causalneg.evaluation.launch import launch_fabric, wants_processes
 
-        if wants_processes(
-            cfg.trainer
-        ):  # trainer=ddp trainer.devices=N: each rank mines on its corpus shards
-            fabric = launch_fabric(cfg.trainer)
+        trainer = plain_dict(cfg.trainer)
+        if wants_processes(trainer):  # trainer=ddp trainer.devices=N: each rank mines on its corpus shards
+            fabric = launch_fabric(trainer)
 
     def factory() -> DualEncoder:
         from causalneg.stages.common import build_encoder
@@ -70,10 +60,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     artifacts: dict[str, str] = {}
     counts: dict[str, dict[str, Any]] = {}
     for split in _splits(cfg):
-        split_cfg = cfg.copy()
-        with open_dict(split_cfg):
-            split_cfg.mining.split = split
-        directory = ensure_mined(split_cfg, dataset, encoder_factory=factory, distributed=fabric is not None)
+        directory = ensure_mined(
+            mining_spec(cfg, split),
+            dataset,
+            selection(cfg, dataset, split),
+            encoder_factory=factory,
+            distributed=fabric is not None,
+        )
         artifacts[split] = str(directory)
         counts[split] = load_manifest(directory).counts
     if fabric is not None and fabric.global_rank != 0:

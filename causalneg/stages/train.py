@@ -1,4 +1,10 @@
-"""stage=train: evaluate the starting encoder, fine-tune it on training groups, evaluate and export it."""
+"""stage=train: evaluate the starting encoder, fine-tune it on training groups, evaluate and export it.
+
+The path, top to bottom: the selection (:func:`causalneg.stages.specs.data_settings`: training and dev query ids)
+-> the mined and generated artifacts (:func:`causalneg.stages.common.artifact_sources`: reused, mined, or
+generated through the hand-off) -> training groups (the DataModule) -> fit -> evaluate -> export. The run logs the
+fingerprints of the artifacts it consumed, so a result traces back to its exact negatives.
+"""
 
 from __future__ import annotations
 
@@ -14,52 +20,28 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from causalneg.data.datamodule import DataSettings, RetrievalDataModule
-from causalneg.data.groups import GroupSpec
+from causalneg.config import plain_dict
+from causalneg.contracts import METRICS, PER_QUERY_METRICS, PRIMARY_METRIC, PRIMARY_MODE
+from causalneg.data.datamodule import RetrievalDataModule
 from causalneg.evaluation.embedding_cache import EmbeddingCache
 from causalneg.evaluation.retrieval import evaluate_retrieval
 from causalneg.losses import build_objective
 from causalneg.losses.objective import grad_cache_chunk_size
 from causalneg.models.encoder import DualEncoder
 from causalneg.models.export import export_sentence_transformers
-from causalneg.records import NegativeSource, RetrievalDataset
+from causalneg.records import RetrievalDataset
 from causalneg.stages.common import apply_runtime, artifact_sources, build_encoder, load_dataset
-from causalneg.tracking.runs import build_mlflow_logger, log_json, log_metrics, terminal_status
+from causalneg.stages.specs import data_settings, run_spec
+from causalneg.tracking.runs import (
+    build_mlflow_logger,
+    log_artifact_fingerprints,
+    log_json,
+    log_metrics,
+    terminal_status,
+)
 from causalneg.training.system import RetrieverSystem
 
-REPORTED = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 RUN_FILE = "mlflow_run.json"  # the MLflow run of this output folder (causalneg.tracking.runs)
-
-
-def data_settings(cfg: DictConfig) -> DataSettings:
-    d = cfg.data
-    source = (
-        NegativeSource.parse(str(cfg.generation.get("source", "generated")))
-        if cfg.get("generation")
-        else None
-    )
-    spec = GroupSpec(
-        num_mined=int(d.num_mined),
-        num_generated=int(d.num_generated),
-        num_random=int(d.num_random),
-        generated_source=source or NegativeSource.GENERATED,
-        mined_selection=str(d.get("mined_selection", "random")),
-        positive_selection=str(d.get("positive_selection", "random")),
-    )
-    return DataSettings(
-        spec=spec,
-        seed=int(cfg.seed),
-        batch_size=int(d.batch_size),
-        eval_batch_size=int(cfg.eval.batch_size),
-        num_workers=int(d.num_workers),
-        train_split=str(cfg.dataset.train_split),
-        dev_split=cfg.dataset.get("dev_split"),
-        max_train_queries=d.get("max_train_queries"),
-        selection_seed=int(d.selection_seed),
-        diagnostics_groups=int(d.diagnostics_groups),
-        max_dev_queries=d.get("max_dev_queries"),
-        dev_subcorpus_random=int(cfg.eval.dev_subcorpus_random),
-    )
 
 
 def evaluate_test(
@@ -126,8 +108,8 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_dev: bool) -> list[Ca
     callbacks.append(
         ModelCheckpoint(
             dirpath=directory,
-            monitor="val/ndcg@10" if has_dev else None,
-            mode="max",
+            monitor=f"val/{PRIMARY_METRIC}" if has_dev else None,
+            mode=PRIMARY_MODE,
             save_top_k=1,
             save_last=True,
             filename="best",
@@ -158,7 +140,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(str(cfg.paths.output_dir))
     last = output_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if cfg.get("resume", True) and last.is_file() else None
-    logger = build_mlflow_logger(cfg, run_file=output_dir / RUN_FILE, resume=resume is not None)
+    logger = build_mlflow_logger(run_spec(cfg), run_file=output_dir / RUN_FILE, resume=resume is not None)
     with terminal_status(logger):
         dataset = load_dataset(cfg)
         encoder = build_encoder(cfg)
@@ -167,15 +149,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if cfg.eval.cache_embeddings
             else None
         )
-        settings = data_settings(cfg)
-        datamodule = RetrievalDataModule(
-            dataset, encoder.tokenize, settings, artifact_sources(cfg, dataset, encoder)
-        )
+        settings = data_settings(cfg, dataset)  # the selection: training and dev query ids
+        sources = artifact_sources(cfg, dataset, encoder)  # mined, then generated negatives (prepare_data)
+        datamodule = RetrievalDataModule(dataset, encoder.tokenize, settings, sources)  # groups (setup)
 
         start = evaluate_test(encoder, dataset, cfg, cache)
         log_metrics(logger, {f"test_start/{k}": v for k, v in start.metrics.items()}, step=0)
 
-        objective = build_objective(cfg.loss, cfg.get("regularizer"))
+        objective = build_objective(plain_dict(cfg.loss), plain_dict(cfg.get("regularizer")))
         # Guide-model masking (loss.guide_margin): a frozen copy of the stock encoder, taken before training.
         guide = copy.deepcopy(encoder) if objective.infonce.guide_margin is not None else None
         system = RetrieverSystem(
@@ -185,8 +166,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
             eval_batch_size=int(cfg.eval.batch_size),
             eval_precision=str(cfg.eval.precision),
-            grad_cache_chunk_size=grad_cache_chunk_size(cfg.loss),
+            grad_cache_chunk_size=grad_cache_chunk_size(plain_dict(cfg.loss)),
             guide=guide,
+            dev_set=datamodule.dev_set if settings.dev_split else None,
         )
         has_dev = bool(settings.dev_split)
         callbacks = build_callbacks(cfg, output_dir, has_dev)
@@ -195,6 +177,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         system.train()  # the start-of-run evaluation left the encoder in eval mode
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+        log_artifact_fingerprints(logger, datamodule.artifact_dirs)
 
         best = next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint)), "")
         if best and Path(best).is_file():
@@ -210,7 +193,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log_metrics(logger, {f"data/{names[k]}": float(v) for k, v in counts.items()}, step=0)
         final = evaluate_test(system.encoder, dataset, cfg, cache)
         log_metrics(logger, {f"test/{k}": v for k, v in final.metrics.items()}, step=trainer.global_step)
-        per_query = {name: final.per_query.get(name, {}) for name in ("ndcg@10", "recall@100", "mrr@10")}
+        per_query = {name: final.per_query.get(name, {}) for name in PER_QUERY_METRICS}
         log_json(logger, per_query, "metrics/test_per_query.json")
         log_json(logger, {"start": start.metrics, "final": final.metrics}, "metrics/test.json")
         # overwrite: re-running the same command in the same folder (resume) re-exports the final model.
@@ -222,7 +205,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {
         "test_start": start.metrics,
         "test": final.metrics,
-        "objective": final.metrics["ndcg@10"],
+        "objective": final.metrics[PRIMARY_METRIC],
         "run_id": logger.run_id,
         "output_dir": str(output_dir),
         "model_dir": str(export_dir),
@@ -231,7 +214,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def print_summary(start: dict[str, float], final: dict[str, float], arm: str, export_dir: Path) -> None:
     print(f"\n[causalneg] arm={arm}: test metrics, starting encoder -> fine-tuned encoder")
-    for name in REPORTED:
+    for name in METRICS:
         if name in start and name in final:
             delta = final[name] - start[name]
             print(f"  {name:>11}: {start[name]:.4f} -> {final[name]:.4f}  ({delta:+.4f})")

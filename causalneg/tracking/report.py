@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from causalneg import contracts
 from causalneg.artifacts import atomic_write_text
 from causalneg.diagnostics.plots import metric_by_arm, save_figure, shortcut_by_arm
 from causalneg.errors import ConfigError
@@ -24,9 +25,7 @@ from causalneg.tracking.mlflow_io import load_experiment_runs, log_summary_run
 from causalneg.tracking.render import arm_order, render_markdown
 
 DEFAULT_METRICS = (
-    "test/ndcg@10",
-    "test/recall@100",
-    "test/mrr@10",
+    *(f"test/{name}" for name in contracts.PER_QUERY_METRICS),
     "diag/mi_knn",
     "diag/mi_binned",
     "diag/mi_perm_p95",
@@ -36,7 +35,7 @@ DEFAULT_METRICS = (
     "diag/gen_mass_expected",
     "diag/h_gen_norm",
 )
-PRIMARY_METRIC = "test/ndcg@10"
+PRIMARY_METRIC = f"test/{contracts.PRIMARY_METRIC}"
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
 
-from causalneg.artifacts import atomic_write_json
-from causalneg.config import flatten, plain_dict
+from causalneg.artifacts import atomic_write_json, load_manifest
 from causalneg.errors import ConfigError
 from causalneg.tracking.names import mlflow_metric_name
 
@@ -53,14 +52,27 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
-def artifact_location(log_cfg: DictConfig) -> str | None:
+def artifact_location(uri: str, explicit: str | None = None) -> str | None:
     """Artifacts of a new experiment go beside a SQLite store (MLflow's default is ./mlruns in the cwd)."""
-    if log_cfg.get("artifact_location"):
-        return str(log_cfg.artifact_location)
-    uri = str(log_cfg.tracking_uri)
+    if explicit:
+        return explicit
     if uri.startswith("sqlite:///"):
         return str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts")
     return None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A stage's MLflow run: store, experiment and run name, tags, flat params and the resolved config as YAML
+    (built from the config by :func:`causalneg.stages.specs.run_spec`)."""
+
+    tracking_uri: str
+    experiment_name: str
+    run_name: str
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    config_yaml: str = ""
+    artifact_location: str | None = None
 
 
 def previous_run(run_file: Path, uri: str, resume: bool) -> str | None:
@@ -93,16 +105,16 @@ def previous_run(run_file: Path, uri: str, resume: bool) -> str | None:
     return None
 
 
-def build_mlflow_logger(cfg: DictConfig, run_file: Path | None = None, resume: bool = False) -> RunLogger:
-    """An MLFlowLogger for this run, tagged with arm, seed and dataset, holding the resolved config.
+def build_mlflow_logger(spec: RunSpec, run_file: Path | None = None, resume: bool = False) -> RunLogger:
+    """An MLFlowLogger for the run ``spec`` describes, tagged, holding its params and resolved config.
 
     With ``run_file`` the run id is recorded there, and the run it recorded before is continued when ``resume``
     (the caller resumes training from a checkpoint) or else closed as KILLED if still RUNNING (module docstring).
     """
-    log_cfg = cfg.logger
-    uri = str(log_cfg.tracking_uri)
-    with _store_lock(uri):  # ranks of a torchrun/SLURM job start together: one creates the SQLite tables
-        logger = _build_logger(cfg, log_cfg, uri, run_file, resume)
+    with _store_lock(
+        spec.tracking_uri
+    ):  # ranks of a torchrun/SLURM job start together: one creates the tables
+        logger = _build_logger(spec, run_file, resume)
     return logger
 
 
@@ -123,36 +135,27 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _build_logger(
-    cfg: DictConfig, log_cfg: DictConfig, uri: str, run_file: Path | None, resume: bool
-) -> RunLogger:
+def _build_logger(spec: RunSpec, run_file: Path | None, resume: bool) -> RunLogger:
+    uri = spec.tracking_uri
     check_tracking_uri(uri)
     # Under a multi-process launch only rank 0 owns the run (Lightning gives the others a dummy experiment): the
     # others neither continue nor close a recorded run, nor record theirs.
     rank_zero = int(getattr(rank_zero_only, "rank", 0)) == 0
     run_id = previous_run(run_file, uri, resume) if run_file is not None and rank_zero else None
-    tags = {
-        "arm": str(cfg.arm),
-        "seed": str(cfg.seed),
-        "dataset": str(cfg.dataset.name),
-        "stage": str(cfg.stage),
-    }
-    tags.update({str(k): str(v) for k, v in (log_cfg.get("tags") or {}).items()})
     logger = RunLogger(
-        experiment_name=str(log_cfg.experiment_name),
+        experiment_name=spec.experiment_name,
         tracking_uri=uri,
-        run_name=str(log_cfg.run_name),
-        tags=tags,
+        run_name=spec.run_name,
+        tags=dict(spec.tags),
         log_model=False,
-        artifact_location=artifact_location(log_cfg),
+        artifact_location=artifact_location(uri, spec.artifact_location),
         run_id=run_id,
     )
     if run_id is None:
-        params = {k: v for k, v in flatten(plain_dict(cfg)).items() if not k.startswith("hydra")}
-        logger.log_hyperparams({k: str(v)[:500] for k, v in params.items()})
+        logger.log_hyperparams({k: str(v)[:500] for k, v in spec.params.items()})
     # A continued run keeps its first params (MLflow refuses changed values); the restart's config is kept too.
     config_file = "config/run.yaml" if run_id is None else "config/resumed_run.yaml"
-    log_text(logger, OmegaConf.to_yaml(cfg, resolve=True), config_file)
+    log_text(logger, spec.config_yaml, config_file)
     if run_file is not None and rank_zero:
         atomic_write_json(run_file, {"run_id": logger.run_id, "tracking_uri": uri})
     return logger
@@ -168,6 +171,19 @@ def log_json(logger: MLFlowLogger, obj: Any, artifact_file: str) -> None:
 
 def log_file(logger: MLFlowLogger, path: str | Path, artifact_path: str | None = None) -> None:
     logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
+
+
+def log_artifact_fingerprints(logger: MLFlowLogger, directories: Mapping[str, Path]) -> None:
+    """Tag the run with the fingerprint of each artifact it consumed (``artifact.<name>``) and keep their
+    manifests' identity as ``artifacts/consumed.json``: a result traces back to its exact negatives. Tags, not
+    params: a resumed run sets the same values again."""
+    consumed = {}
+    for name, directory in directories.items():
+        manifest = load_manifest(directory)
+        consumed[name] = {"fingerprint": manifest.fingerprint, "kind": manifest.kind, "path": str(directory)}
+        logger.experiment.set_tag(logger.run_id, f"artifact.{name}", manifest.fingerprint)
+    if consumed:
+        log_json(logger, consumed, "artifacts/consumed.json")
 
 
 def log_metrics(logger: MLFlowLogger, metrics: dict[str, float], step: int | None = None) -> None:

@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from causalneg.contracts import METRICS, PRIMARY_METRIC
+from causalneg.data.datamodule import DevSet
 from causalneg.errors import ConfigError
 from causalneg.evaluation.encoding import encode_texts
 from causalneg.evaluation.metrics import evaluate_run
@@ -42,8 +44,6 @@ __all__ = ["RetrieverSystem", "encode_bucketed", "native_bf16_cpu", "set_attenti
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
-
-VAL_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 
 
 def native_bf16_cpu() -> bool:
@@ -87,7 +87,7 @@ class RetrieverSystem(L.LightningModule):
         self,
         encoder: DualEncoder,
         objective: Objective,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         eval_batch_size: int = 128,
         eval_precision: str = "32-true",
@@ -96,15 +96,19 @@ class RetrieverSystem(L.LightningModule):
         attention_dropout: float | None = 0.0,
         grad_cache_chunk_size: int | None = None,
         guide: DualEncoder | None = None,
+        dev_set: Callable[[], DevSet] | None = None,
     ) -> None:
-        """``train_chunk_tokens``: padded positions per forward chunk of a training batch's texts (see
-        :func:`encode_bucketed`; None = one forward per side, padded as collated). ``attention_dropout``:
+        """``optimizer``: None for a system that only embeds (``stage=diagnose``). ``train_chunk_tokens``: padded
+        positions per forward chunk of a training batch's texts (see :func:`encode_bucketed`; None = one forward
+        per side, padded as collated). ``attention_dropout``:
         attention-probability dropout while training (None keeps the backbone's own, 0.1 for BERT/MiniLM);
         0.0 lets SDPA use its fused CPU kernel (MiniLM forward+backward measured 1.3x faster).
         ``grad_cache_chunk_size``: texts per chunk with gradient caching (``loss.grad_cache.chunk_size``;
         chunks also respect ``train_chunk_tokens``); None = the plain step. ``guide``: a frozen encoder (the
         stock model) whose embeddings of each batch go to the objective for guide-model masking
-        (``loss.guide_margin``); kept out of the module tree, so it is neither trained nor checkpointed."""
+        (``loss.guide_margin``); kept out of the module tree, so it is neither trained nor checkpointed.
+        ``dev_set``: returns the validation data (called at each validation start, after the DataModule's
+        ``setup``; e.g. ``datamodule.dev_set``); None = no validation."""
         super().__init__()
         if grad_cache_chunk_size is not None and not grad_cache_chunk_size >= 1:
             raise ConfigError(f"loss.grad_cache.chunk_size must be >= 1 or null, got {grad_cache_chunk_size}")
@@ -123,7 +127,8 @@ class RetrieverSystem(L.LightningModule):
         self._dev_doc_emb: Tensor | None = None
         self._val_started = 0.0
         self._val_seconds: float | None = None
-        self._dev_doc_ids: list[str] = []
+        self.dev_set = dev_set
+        self._dev: DevSet | None = None
 
     # -- embedding -------------------------------------------------------------------------------------------
     def batch_texts(self, batch: dict[str, Tensor]) -> list[tuple[Tensor, Tensor, Side]]:
@@ -247,6 +252,8 @@ class RetrieverSystem(L.LightningModule):
             )
 
     def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ConfigError("RetrieverSystem built without an optimizer (embedding only) cannot be trained")
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
@@ -257,13 +264,14 @@ class RetrieverSystem(L.LightningModule):
     # -- validation: dev queries against a fixed dev sub-corpus -----------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val_started = time.perf_counter()
-        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
-        corpus = datamodule.dataset.corpus
-        self._dev_doc_ids = list(datamodule.dev_corpus_ids)
-        texts = [corpus[pid].full_text for pid in self._dev_doc_ids]
+        if self.dev_set is None:
+            raise ConfigError(
+                "RetrieverSystem validates only with a dev_set (e.g. dev_set=datamodule.dev_set)"
+            )
+        self._dev = self.dev_set()
         self._dev_doc_emb = encode_texts(
             self.encoder,
-            texts,
+            list(self._dev.doc_texts),
             "doc",
             batch_size=self.eval_batch_size,
             precision=self.eval_precision,
@@ -271,31 +279,36 @@ class RetrieverSystem(L.LightningModule):
         ).to(self.device)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        assert self._dev_doc_emb is not None, "on_validation_epoch_start did not encode the dev sub-corpus"
+        dev, doc_emb = self._dev, self._dev_doc_emb
+        assert dev is not None and doc_emb is not None, (
+            "on_validation_epoch_start did not encode the dev corpus"
+        )
         q = self.encoder.encode(batch["query_input_ids"], batch["query_attention_mask"], "query").float()
-        k = min(self.val_top_k, len(self._dev_doc_ids))
-        scores, indices = exact_topk(q, self._dev_doc_emb, k)
+        k = min(self.val_top_k, len(dev.doc_ids))
+        scores, indices = exact_topk(q, doc_emb, k)
         run = {
-            qid: {self._dev_doc_ids[j]: float(s) for s, j in zip(row_s.tolist(), row_i.tolist(), strict=True)}
+            qid: {dev.doc_ids[j]: float(s) for s, j in zip(row_s.tolist(), row_i.tolist(), strict=True)}
             for qid, row_s, row_i in zip(batch["query_ids"], scores, indices, strict=True)
         }
-        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
-        qrels_all = datamodule.dataset.split(datamodule.settings.dev_split).qrels
-        qrels = {qid: qrels_all.get(qid, {}) for qid in batch["query_ids"]}
+        qrels = {qid: dict(dev.qrels.get(qid, {})) for qid in batch["query_ids"]}
         aggregate, _ = evaluate_run(qrels, run, k_values=(10, 100))
         if not aggregate:  # no query of this batch has a relevant passage: nothing to average
             return
         size = len(batch["query_ids"])
-        for name in VAL_METRICS:
+        for name in METRICS:
             self.log(
-                f"val/{name}", aggregate[name], batch_size=size, prog_bar=name == "ndcg@10", sync_dist=True
+                f"val/{name}",
+                aggregate[name],
+                batch_size=size,
+                prog_bar=name == PRIMARY_METRIC,
+                sync_dist=True,
             )
         # Retrieval validation's own wall time (dev sub-corpus encoding + search + metrics), so that callbacks'
         # costs at the same validation (e.g. diag/seconds) can be read against it.
         self._val_seconds = time.perf_counter() - self._val_started
 
     def on_validation_epoch_end(self) -> None:
-        self._dev_doc_emb = None
+        self._dev_doc_emb, self._dev = None, None
         if self._val_seconds is not None:
             self.log("time/val_seconds", self._val_seconds, sync_dist=False, rank_zero_only=True)
             self._val_seconds = None

@@ -17,7 +17,7 @@ from causalneg.artifacts import load_manifest
 from causalneg.data.datamodule import RetrievalDataModule
 from causalneg.stages import dispatch
 from causalneg.stages.common import artifact_sources, build_encoder, load_dataset
-from causalneg.stages.train import data_settings
+from causalneg.stages.specs import data_settings
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def sampled(cfg: DictConfig, epochs: int) -> tuple[list[list[tuple[Any, ...]]], 
     dataset = load_dataset(cfg)
     encoder = build_encoder(cfg)
     module = RetrievalDataModule(
-        dataset, encoder.tokenize, data_settings(cfg), artifact_sources(cfg, dataset, encoder)
+        dataset, encoder.tokenize, data_settings(cfg, dataset), artifact_sources(cfg, dataset, encoder)
     )
     module.prepare_data()
     module.setup("fit")

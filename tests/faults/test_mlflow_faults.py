@@ -20,6 +20,7 @@ import pytest
 
 from causalneg.errors import ConfigError, DataError
 from causalneg.stages import dispatch
+from causalneg.stages.specs import run_spec
 from causalneg.stages.train import RUN_FILE
 from causalneg.tracking.runs import build_mlflow_logger
 from tests.conftest import tiny_overrides
@@ -86,7 +87,9 @@ def test_run_left_running_by_sigkill_is_marked_killed_on_next_start(
     seed_mlflow(tmp_path)
     cfg = compose_cfg(tiny_overrides(tmp_path, tiny_beir))
     output_dir = Path(cfg.paths.output_dir)
-    orphan = build_mlflow_logger(cfg, run_file=output_dir / RUN_FILE).run_id  # then "killed": never closed
+    orphan = build_mlflow_logger(
+        run_spec(cfg), run_file=output_dir / RUN_FILE
+    ).run_id  # then "killed": never closed
     assert [r.info.status for r in all_runs(tmp_path)] == ["RUNNING"]
 
     break_queries(tiny_beir)  # the restart fails early too, so the test stays fast

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from causalneg.contracts import METRICS
 from causalneg.errors import DataError
 from causalneg.evaluation.embedding_cache import EmbeddingCache, texts_fingerprint
 from causalneg.evaluation.encoding import (
@@ -18,7 +19,7 @@ from causalneg.evaluation.encoding import (
     padding_fraction,
 )
 from causalneg.evaluation.metrics import evaluate_run
-from causalneg.evaluation.retrieval import METRIC_NAMES, dev_subcorpus_ids, evaluate_retrieval
+from causalneg.evaluation.retrieval import dev_subcorpus_ids, evaluate_retrieval
 from causalneg.evaluation.search import FAISS_AVAILABLE, exact_topk, faiss_topk
 from causalneg.models.encoder import DualEncoder, EncoderConfig
 from causalneg.records import Passage, Query, RetrievalDataset, RetrievalSplit
@@ -152,11 +153,11 @@ def test_evaluate_retrieval_scores_its_own_run(encoder: DualEncoder, tmp_path: P
     dataset = _dataset()
     cache = EmbeddingCache(tmp_path / "emb")
     result = evaluate_retrieval(encoder, dataset, "test", k=20, batch_size=4, cache=cache)
-    assert set(result.metrics) == set(METRIC_NAMES) and set(result.per_query) == set(METRIC_NAMES)
+    assert set(result.metrics) == set(METRICS) and set(result.per_query) == set(METRICS)
     assert sorted(result.run) == [f"q{i}" for i in range(5)]
     assert all(len(hits) == 20 and qid not in hits for qid, hits in result.run.items())
     aggregate, _ = evaluate_run(dataset.split("test").qrels, result.run)
-    assert all(result.metrics[name] == pytest.approx(aggregate[name]) for name in METRIC_NAMES)
+    assert all(result.metrics[name] == pytest.approx(aggregate[name]) for name in METRICS)
     reference = pytrec_eval.RelevanceEvaluator(dataset.split("test").qrels, {"ndcg_cut.10"}).evaluate(
         result.run
     )

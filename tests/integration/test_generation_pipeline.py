@@ -23,11 +23,11 @@ from causalneg.errors import ConfigError
 from causalneg.generation.backends.base import GenerationRequest, RawOutput, SamplingConfig
 from causalneg.generation.backends.transformers_backend import TransformersBackend
 from causalneg.generation.filters import NEGATIVE_REASONS, REQUEST_REASONS, FilterConfig
-from causalneg.generation.generator_models import build_tiny_llama
 from causalneg.generation.pipeline import PipelineSettings, run_pipeline
 from causalneg.generation.prompting import PromptInputs
 from causalneg.generation.schemas import Decomposition, naive_schema, perturbation_schema
 from causalneg.generation.store import RequestStore
+from tests.tiny_generators import build_tiny_llama
 
 pytestmark = pytest.mark.integration
 
@@ -184,14 +184,25 @@ def test_factory_builds_the_configured_backend(tiny_model: Path, tmp_path: Path)
     from causalneg.generation.backends.factory import build_backend
 
     model = {"name": "hf", "path": str(tiny_model), "cache_dir": str(tmp_path)}
-    backend = build_backend({"backend": {"name": "transformers", "batch_size": 2}, "model": model})
+    transformers = {
+        "_target_": f"{TransformersBackend.__module__}.TransformersBackend",
+        "name": "transformers",
+    }
+    backend = build_backend({"backend": {**transformers, "batch_size": 2}, "model": model})
     assert isinstance(backend, TransformersBackend) and backend.model_id == str(tiny_model.resolve())
-    with pytest.raises(ConfigError, match="choose one of"):
-        build_backend({"backend": {"name": "nonexistent"}, "model": model})
+    with pytest.raises(ConfigError, match="choose generation/backend="):
+        build_backend({"backend": {"name": "transformers"}, "model": model})
+    with pytest.raises(ConfigError, match="no class Nonexistent"):
+        build_backend(
+            {
+                "backend": {**transformers, "_target_": f"{TransformersBackend.__module__}.Nonexistent"},
+                "model": model,
+            }
+        )
     with pytest.raises(ConfigError, match="unexpected keyword"):
-        build_backend({"backend": {"name": "transformers", "beams": 4}, "model": model})
+        build_backend({"backend": {**transformers, "beams": 4}, "model": model})
     with pytest.raises(ConfigError, match=r"config\.json"):
-        build_backend({"backend": {"name": "transformers"}, "model": {**model, "path": str(tmp_path)}})
+        build_backend({"backend": transformers, "model": {**model, "path": str(tmp_path)}})
 
 
 class CrashAfter:
@@ -235,10 +246,11 @@ def test_generate_stage_writes_a_readable_artifact(
     tiny_model: Path, tiny_beir: Path, tmp_path: Path, compose_cfg: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from causalneg.artifacts import is_complete, load_manifest
-    from causalneg.generation.artifact import generated_artifact_dir, load_generated
+    from causalneg.generation.artifact import load_generated
     from causalneg.records import NegativeSource
     from causalneg.stages import generate
     from causalneg.stages.common import load_dataset
+    from causalneg.stages.specs import generation_plan
 
     overrides = [
         f"paths.root_dir={tmp_path}",
@@ -269,7 +281,7 @@ def test_generate_stage_writes_a_readable_artifact(
         list(p) for p in QUOTE_BIAS.items()
     ]  # no quote keys in Hydra overrides
     summary = generate.run(cfg)
-    directory = generated_artifact_dir(cfg, load_dataset(cfg))
+    directory = generation_plan(cfg, load_dataset(cfg)).directory
     assert summary["artifact"] == str(directory) and is_complete(directory)
     counts = load_manifest(directory).counts
     assert counts["queries"] == 2 and 0 <= counts["validity_rate"] <= 1

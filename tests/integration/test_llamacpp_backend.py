@@ -276,7 +276,7 @@ def test_first_tokens_that_several_choices_share_are_dropped() -> None:
 
 def test_transformers_choice_probabilities(tmp_path: Path) -> None:
     from causalneg.generation.backends.transformers_backend import TransformersBackend
-    from causalneg.generation.generator_models import build_tiny_llama
+    from tests.tiny_generators import build_tiny_llama
 
     tiny = TransformersBackend(str(build_tiny_llama(tmp_path / "tiny", seed=0)), "tiny")
     requests = [_request("a", "Is it yes? Answer yes or no.", 0), _request("b", QUESTIONS[0], 0)]
@@ -288,6 +288,7 @@ def test_transformers_choice_probabilities(tmp_path: Path) -> None:
 
 @requires_llama_cpp
 def test_factory_builds_llamacpp_from_the_config(tmp_path: Path, compose_cfg: Any) -> None:
+    from causalneg.config import plain_dict
     from causalneg.generation.artifact import generator_model_id
     from causalneg.generation.backends.factory import build_backend
 
@@ -301,7 +302,7 @@ def test_factory_builds_llamacpp_from_the_config(tmp_path: Path, compose_cfg: An
         ]
     )
     try:
-        backend = build_backend(cfg.generation)
+        backend = build_backend(plain_dict(cfg.generation))
     except MissingGeneratorPackage as exc:
         pytest.skip(str(exc))
     try:
@@ -310,7 +311,7 @@ def test_factory_builds_llamacpp_from_the_config(tmp_path: Path, compose_cfg: An
         assert (
             backend.model_id
             == BUILTIN_GENERATORS["smollm2"].model_id
-            == generator_model_id(cfg.generation.model)
+            == generator_model_id(plain_dict(cfg.generation.model))
         )
     finally:
         backend.close()
@@ -373,7 +374,10 @@ def test_yaml_lists_every_option_with_its_default() -> None:
     import yaml
 
     cfg = yaml.safe_load((Path(__file__).parents[2] / "conf/generation/backend/llamacpp.yaml").read_text())
-    assert cfg.pop("name") == "llamacpp"
+    assert (
+        cfg.pop("name") == "llamacpp"
+        and cfg.pop("_target_") == f"{LlamaCppBackend.__module__}.LlamaCppBackend"
+    )
     params = inspect.signature(LlamaCppBackend.__init__).parameters
     defaults = {k: p.default for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert cfg == {**defaults, "llama_kwargs": {}}

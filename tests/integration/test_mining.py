@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from causalneg.artifacts import load_manifest
 from causalneg.config import check_required
 from causalneg.data.mining import artifact as artifact_module
-from causalneg.data.mining.artifact import ensure_mined, load_mined, mined_artifact_dir
+from causalneg.data.mining.artifact import ensure_mined, load_mined
 from causalneg.data.mining.bm25 import BM25Options, mine_bm25
 from causalneg.data.mining.dense import mine_dense
 from causalneg.data.selection import select_query_ids
@@ -22,6 +22,7 @@ from causalneg.errors import ConfigError, DataError
 from causalneg.models.encoder import DualEncoder, EncoderConfig, Side
 from causalneg.records import RetrievalDataset
 from causalneg.stages import mine as mine_stage
+from causalneg.stages.specs import mined_input
 
 pytestmark = pytest.mark.integration
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -48,6 +49,16 @@ def build_cfg(tmp_path: Path, beir_dir: Path, method: str = "bm25") -> DictConfi
     cfg.dataset.path, cfg.dataset.name, cfg.dataset.dev_split = str(beir_dir), "tiny", "dev"
     cfg.mining.top_k, cfg.mining.rank_max = 10, 10
     return cfg
+
+
+def mine(cfg: DictConfig, ds: RetrievalDataset, **kwargs: Any) -> Path:
+    """``ensure_mined`` on the specs of ``cfg`` for ``mining.split`` (as stage=mine builds them)."""
+    plan = mined_input(cfg, ds, str(cfg.mining.split))
+    return ensure_mined(plan.spec, ds, plan.selection, **kwargs)
+
+
+def mined_dir(cfg: DictConfig, ds: RetrievalDataset) -> Path:
+    return mined_input(cfg, ds, str(cfg.mining.split)).directory
 
 
 def rows_of(directory: Path) -> list[dict[str, Any]]:
@@ -113,8 +124,8 @@ def test_ensure_mined_writes_rows_and_manifest_then_reuses(
 ) -> None:
     cfg = build_cfg(tmp_path, tiny_beir)
     ds = load_beir(tiny_beir, name="tiny", dev_split="dev")
-    directory = ensure_mined(cfg, ds)
-    assert directory == mined_artifact_dir(cfg, ds)
+    directory = mine(cfg, ds)
+    assert directory == mined_dir(cfg, ds)
     assert directory.parent == tmp_path / "artifacts" / "tiny" / "mined" and directory.name.startswith(
         "bm25-"
     )
@@ -149,13 +160,13 @@ def test_ensure_mined_writes_rows_and_manifest_then_reuses(
         raise AssertionError("a complete artifact must be reused, not mined again")
 
     monkeypatch.setattr(artifact_module, "mine_bm25", fail)
-    assert ensure_mined(cfg, ds) == directory
+    assert mine(cfg, ds) == directory
 
 
 def test_fingerprint_follows_results_not_batch_size(tmp_path: Path, tiny_beir: Path) -> None:
     ds = load_beir(tiny_beir, name="tiny", dev_split="dev")
     cfg = build_cfg(tmp_path, tiny_beir)
-    base = mined_artifact_dir(cfg, ds)
+    base = mined_dir(cfg, ds)
     for key, value in [
         ("mining.relative_margin", 0.9),
         ("mining.bm25.k1", 1.2),
@@ -163,16 +174,16 @@ def test_fingerprint_follows_results_not_batch_size(tmp_path: Path, tiny_beir: P
     ]:
         changed = cfg.copy()
         OmegaConf.update(changed, key, value)
-        assert mined_artifact_dir(changed, ds) != base, key
+        assert mined_dir(changed, ds) != base, key
     dev = cfg.copy()
     dev.mining.split = "dev"
-    assert mined_artifact_dir(dev, ds) != base
+    assert mined_dir(dev, ds) != base
     dense = build_cfg(tmp_path, tiny_beir, "dense")
-    dense_dir = mined_artifact_dir(dense, ds)
+    dense_dir = mined_dir(dense, ds)
     dense.mining.dense.batch_size = 3
-    assert mined_artifact_dir(dense, ds) == dense_dir and dense_dir.name.startswith("dense-")
+    assert mined_dir(dense, ds) == dense_dir and dense_dir.name.startswith("dense-")
     dense.model.seed = 1  # another model
-    assert mined_artifact_dir(dense, ds) != dense_dir
+    assert mined_dir(dense, ds) != dense_dir
 
 
 def test_a_failing_mine_leaves_no_half_artifact(
@@ -188,20 +199,18 @@ def test_a_failing_mine_leaves_no_half_artifact(
 
     monkeypatch.setattr(artifact_module, "write_artifact", write_then_die)
     with pytest.raises(KeyboardInterrupt):
-        ensure_mined(cfg, ds)
+        mine(cfg, ds)
     parent = tmp_path / "artifacts" / "tiny" / "mined"
     assert list(parent.iterdir()) == []
     monkeypatch.setattr(artifact_module, "write_artifact", real_write)
-    stale = mined_artifact_dir(cfg, ds)
+    stale = mined_dir(cfg, ds)
     stale.mkdir()
     (stale / "rows.jsonl").write_text("half")  # an incomplete folder (no manifest) is replaced
-    assert load_mined(ensure_mined(cfg, ds))
+    assert load_mined(mine(cfg, ds))
 
 
 def test_load_mined_reports_bad_rows(tmp_path: Path, tiny_beir: Path) -> None:
-    directory = ensure_mined(
-        build_cfg(tmp_path, tiny_beir), load_beir(tiny_beir, name="tiny", dev_split="dev")
-    )
+    directory = mine(build_cfg(tmp_path, tiny_beir), load_beir(tiny_beir, name="tiny", dev_split="dev"))
     lines = (directory / "rows.jsonl").read_text().splitlines()
     lines[2] = json.dumps({"query_id": "q", "candidates": [{"id": "x", "score": "high"}]})
     (directory / "rows.jsonl").write_text("\n".join(lines) + "\n")
@@ -244,15 +253,15 @@ def test_mining_an_unknown_method_or_split_fails_clearly(tmp_path: Path, tiny_be
     cfg = build_cfg(tmp_path, tiny_beir)
     cfg.mining.method = "colbert"
     with pytest.raises(ConfigError, match=r"mining\.method"):
-        ensure_mined(cfg, ds)
+        mine(cfg, ds)
     cfg = build_cfg(tmp_path, tiny_beir)
     cfg.mining.bm25.k3 = 1.0
     with pytest.raises(ConfigError, match=r"mining\.bm25: .*k3"):
-        ensure_mined(cfg, ds)
+        mine(cfg, ds)
     cfg = build_cfg(tmp_path, tiny_beir)
     cfg.mining.split = "validation"
-    with pytest.raises(ConfigError, match=r"mining\.split='validation'"):
-        ensure_mined(cfg, ds)
+    with pytest.raises(ConfigError, match=r"split 'validation' is not a split"):
+        mine(cfg, ds)
 
 
 def test_semanlink_embedded_default_counts_and_bm25() -> None:
@@ -272,9 +281,7 @@ def test_semanlink_embedded_default_counts_and_bm25() -> None:
 
 def test_mining_is_deterministic(tmp_path: Path, tiny_beir: Path) -> None:
     ds = load_beir(tiny_beir, name="tiny", dev_split="dev")
-    first = ensure_mined(build_cfg(tmp_path / "a", tiny_beir), ds)
-    second = ensure_mined(
-        build_cfg(tmp_path / "b", tiny_beir), load_beir(tiny_beir, name="tiny", dev_split="dev")
-    )
+    first = mine(build_cfg(tmp_path / "a", tiny_beir), ds)
+    second = mine(build_cfg(tmp_path / "b", tiny_beir), load_beir(tiny_beir, name="tiny", dev_split="dev"))
     assert first.name == second.name
     assert (first / "rows.jsonl").read_bytes() == (second / "rows.jsonl").read_bytes()

@@ -250,6 +250,7 @@ def test_yaml_lists_every_option_with_its_default() -> None:
 
     cfg = yaml.safe_load((Path(__file__).parents[2] / "conf/generation/backend/openai.yaml").read_text())
     assert cfg.pop("name") == "openai"
+    assert cfg.pop("_target_") == "causalneg.generation.backends.openai_backend.OpenAIBackend"
     defaults = {f.name: f.default for f in dataclasses.fields(OpenAIOptions) if f.name != "extra_body"}
     assert cfg == {**defaults, "extra_body": {}}
 

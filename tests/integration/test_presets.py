@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 
 from causalneg.artifacts import Manifest, write_artifact
 from causalneg.data.selection import select_query_ids
-from causalneg.generation.artifact import generated_artifact_dir
 from causalneg.stages import dispatch
 from causalneg.stages.common import load_dataset
+from causalneg.stages.specs import generation_plan
 from tests.conftest import CONF_DIR, REPO_ROOT, tiny_overrides
 
 ARMS = (
@@ -29,6 +29,7 @@ ARMS = (
     "grounded",
 )
 SWEEPS = ("ablation_entropy", "ablation_entropy_weight")
+ARM = "experiment@_global_"  # the arm's own entry in the defaults (run.yaml); `+experiment=ARM` adds one
 
 
 def write_generated_fixture(cfg: DictConfig) -> Path:
@@ -50,7 +51,7 @@ def write_generated_fixture(cfg: DictConfig) -> Path:
                 "negatives": [{"text": t, "source": source, "node_id": "n1"} for t in texts],
             }
         )
-    directory = generated_artifact_dir(cfg, dataset)
+    directory = generation_plan(cfg, dataset).directory
     write_artifact(directory, rows, Manifest.build("generated", {"test": True}, {"fixture": True}))
     return directory
 
@@ -61,7 +62,7 @@ def test_every_preset_composes(preset: str, tmp_path: Path, tiny_beir: Path, com
     cfg = compose_cfg(
         [*tiny_overrides(tmp_path, tiny_beir), f"+experiment={preset}"], return_hydra_config=True
     )
-    assert (CONF_DIR / "experiment" / f"{preset}.yaml").is_file()
+    assert (CONF_DIR / "experiment" / f"{preset}.yaml").is_file() and not (CONF_DIR / "arms").exists()
     if preset in SWEEPS:
         assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
         assert "seed" in cfg.hydra.sweeper.params
@@ -81,11 +82,11 @@ def test_ablation_entropy_runs_the_grounded_method_with_the_local_generator(comp
     """The headline command's CausalNeg arms are the grounded edits with Qwen2.5-Coder-1.5B on llama.cpp, on
     HotpotQA (grounded edits need query-named spans in the positive); each method gets the grammar it needs."""
     cfg = compose_cfg(["+experiment=ablation_entropy"], return_hydra_config=True)
-    arms = str(cfg.hydra.sweeper.params.arms).split(",")
+    arms = str(cfg.hydra.sweeper.params["experiment@_global_"]).split(",")
     assert arms == ["mined_only", "naive_llm", "grounded_no_entropy", "grounded"]
     assert cfg.dataset.name == "hotpotqa" and cfg.data.auto_generate
     for arm, method, grammar in (("grounded", "grounded", "llama_cpp"), ("naive_llm", "naive", "outlines")):
-        arm_cfg = compose_cfg(["+experiment=ablation_entropy", f"arms={arm}"])
+        arm_cfg = compose_cfg(["+experiment=ablation_entropy", f"{ARM}={arm}"])
         assert arm_cfg.generation.method == method and arm_cfg.generation.backend.name == "llamacpp"
         assert arm_cfg.generation.backend.grammar == grammar
         assert arm_cfg.generation.model.name == "qwen_coder_1_5b"
@@ -123,7 +124,7 @@ def test_ablation_sweep_launches_itself(tmp_path: Path, tiny_beir: Path, compose
     overrides = [o for o in tiny_overrides(tmp_path, tiny_beir) if not o.startswith("paths.output_dir")]
     for arm in ("naive_llm", "causalneg"):  # the arms that need generated negatives, pre-written
         # composed through the sweep preset itself, so the fixture lands where its runs look (same fingerprint)
-        write_generated_fixture(compose_cfg([*overrides, "+experiment=ablation_entropy", f"arms={arm}"]))
+        write_generated_fixture(compose_cfg([*overrides, "+experiment=ablation_entropy", f"{ARM}={arm}"]))
     command = [
         sys.executable,
         str(REPO_ROOT / "run.py"),
@@ -131,7 +132,7 @@ def test_ablation_sweep_launches_itself(tmp_path: Path, tiny_beir: Path, compose
         *overrides,
         "trainer.max_steps=1",
         "diagnostics.enabled=false",
-        "arms=mined_only,naive_llm,causalneg",  # command-line sweeps take precedence over the preset's
+        f"{ARM}=mined_only,naive_llm,causalneg",  # command-line sweeps take precedence over the preset's
         "seed=0",
     ]
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}

@@ -75,7 +75,7 @@ def smollm2_dir(generator_cache: Path) -> Path:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dict[str, Any]:
     """Tiny random Llama (head_dim 64, SmolLM2's tokenizer): native twice, outlines once, one bad request."""
     require_vllm()
-    from causalneg.generation.generator_models import build_tiny_llama
+    from tests.tiny_generators import build_tiny_llama
 
     work = tmp_path_factory.mktemp("vllm-tiny")
     model = build_tiny_llama(work / "model", tokenizer_dir=smollm2_dir)
@@ -201,6 +201,6 @@ def test_yaml_lists_every_option_with_its_default() -> None:
     import yaml
 
     cfg = yaml.safe_load((Path(__file__).parents[2] / "conf/generation/backend/vllm.yaml").read_text())
-    assert cfg.pop("name") == "vllm"
+    assert cfg.pop("name") == "vllm" and cfg.pop("_target_") == f"{VLLMBackend.__module__}.VLLMBackend"
     defaults = {f.name: f.default for f in dataclasses.fields(VLLMOptions) if f.name != "engine_kwargs"}
     assert cfg == {**defaults, "engine_kwargs": {}}

@@ -30,7 +30,11 @@ def generated_for(query_ids: list[str]) -> dict[str, list[Negative]]:
 
 def setup_module_with(generated: dict[str, list[Negative]]) -> RetrievalDataModule:
     sources = ArtifactSources(ensure_generated=lambda: Path("unused"), load_generated=lambda _: generated)
-    settings = DataSettings(spec=GroupSpec(num_mined=0, num_generated=2), selection_seed=3)
+    settings = DataSettings(
+        spec=GroupSpec(num_mined=0, num_generated=2),
+        train_query_ids=tuple(f"q{i:02d}" for i in range(QUERIES)),
+        selection_seed=3,
+    )
     module = RetrievalDataModule(tiny_dataset(), lambda texts, side: {}, settings, sources)  # type: ignore[arg-type,return-value]
     module.setup("fit")
     return module

@@ -243,7 +243,7 @@ def test_grammar_enforces_the_decoding_schema(tmp_path: Any) -> None:
     import llguidance.hf
     from transformers import AutoTokenizer
 
-    from causalneg.generation.generator_models import train_tiny_tokenizer
+    from tests.tiny_generators import train_tiny_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(train_tiny_tokenizer(tmp_path / "tok"))
     lltok = llguidance.hf.from_tokenizer(tokenizer)

