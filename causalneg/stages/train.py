@@ -45,6 +45,9 @@ def data_settings(cfg: DictConfig) -> DataSettings:
         generated_source=source or NegativeSource.GENERATED,
         mined_selection=str(d.get("mined_selection", "random")),
         positive_selection=str(d.get("positive_selection", "random")),
+        positives=str(d.get("positives", "one")),
+        max_positives=int(d.get("max_positives", 4)),
+        min_grade=int(d.get("min_grade", 1)),
     )
     return DataSettings(
         spec=spec,

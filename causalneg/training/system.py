@@ -149,13 +149,14 @@ class RetrieverSystem(L.LightningModule):
     @staticmethod
     def split_embeddings(batch: dict[str, Tensor], q: Tensor, docs: Tensor) -> dict[str, Tensor]:
         """``q`` [B, D] and ``docs`` [B+M, D] -> query [B,D], positive [B,D], negatives [B,K,D] (zeros in empty
-        slots), as :meth:`embed_batch` returns them."""
+        slots; extra positives in their ``pos_slot`` slots), as :meth:`embed_batch` returns them."""
         b, k = batch["neg_index"].shape
         p, flat = docs[:b], docs[b:]
         if flat.shape[0] == 0:
             return {"query": q, "positive": p, "negatives": q.new_zeros(b, k, q.shape[-1])}
         index = batch["neg_index"].clamp(min=0)  # [B,K]
-        n = flat[index.view(-1)].view(b, k, -1) * batch["neg_mask"].unsqueeze(-1).to(flat.dtype)
+        filled = batch["neg_index"] >= 0  # negatives and extra positives (pos_slot)
+        n = flat[index.view(-1)].view(b, k, -1) * filled.unsqueeze(-1).to(flat.dtype)
         return {"query": q, "positive": p, "negatives": n}
 
     def embed_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -194,7 +195,9 @@ class RetrieverSystem(L.LightningModule):
 
         def objective(emb: dict[str, Tensor]) -> ObjectiveOutput:
             q, p, n = emb["query"], emb["positive"], emb["negatives"]
-            return self.objective(q, p, n, batch["neg_source"], batch["neg_mask"], keys, guide)
+            return self.objective(
+                q, p, n, batch["neg_source"], batch["neg_mask"], keys, guide, batch.get("pos_slot")
+            )
 
         if self.grad_cache_chunk_size is None:
             emb = self.embed_batch(batch)

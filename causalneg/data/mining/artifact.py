@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -171,6 +172,14 @@ def _retrieve(
     )
 
 
+def with_grades(ranked: list[RankedCandidates], qrels: dict[str, dict[str, int]]) -> list[RankedCandidates]:
+    """Each query's positives' qrels grades attached (``mining.positive_score=best_graded``)."""
+    return [
+        replace(r, positive_grades={p: int(qrels.get(r.query_id, {}).get(p, 1)) for p in r.positive_ids})
+        for r in ranked
+    ]
+
+
 def mined_rows(ranked: list[RankedCandidates], kept: dict[str, list[Candidate]]) -> list[dict[str, Any]]:
     return [
         {
@@ -242,6 +251,7 @@ def ensure_mined(
     if distributed and _rank() != 0:
         _barrier()  # rank 0 writes the artifact
         return directory
+    ranked = with_grades(ranked, dataset.split(str(manifest.config["split"])).qrels)
     kept, counts = filter_all(ranked, filter_config(manifest.config))
     manifest.counts = {**counts, "seconds": round(time.perf_counter() - started, 3)}
     directory.parent.mkdir(parents=True, exist_ok=True)
