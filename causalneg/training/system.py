@@ -35,6 +35,7 @@ from causalneg.losses import Objective, ObjectiveOutput, per_source_similarity_s
 from causalneg.losses.infonce import Guide
 from causalneg.losses.masking import PassageKeys
 from causalneg.models.encoder import DualEncoder, Side
+from causalneg.precision import native_bf16_cpu
 from causalneg.training.chunking import encode_bucketed, plan_chunks
 from causalneg.training.grad_cache import grad_cache_loss
 
@@ -44,16 +45,6 @@ OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 
 VAL_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
-
-
-def native_bf16_cpu() -> bool:
-    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX).
-
-    Without them (AVX2-only CPUs, or a hypervisor that hides AVX512) bf16 matmuls are emulated: measured about
-    4x slower than float32 for MiniLM-sized linear layers on such a machine.
-    """
-    is_supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(is_supported()) if is_supported is not None else False
 
 
 def set_attention_dropout(model: nn.Module, p: float) -> int:

@@ -43,6 +43,7 @@ from causalneg.data.mining.filters import Candidate, FilterConfig, RankedCandida
 from causalneg.data.readers import check_string, iter_json_objects
 from causalneg.data.selection import select_query_ids
 from causalneg.errors import ConfigError, DataError
+from causalneg.precision import encode_device_type, resolve_precision
 from causalneg.records import RetrievalDataset
 
 if TYPE_CHECKING:
@@ -70,6 +71,11 @@ def mining_config(cfg: DictConfig) -> dict[str, Any]:
     for block, keys in IGNORED_KEYS.items():
         if isinstance(mining.get(block), dict):
             mining[block] = {k: v for k, v in mining[block].items() if k not in keys}
+    dense = mining.get("dense")
+    if (
+        isinstance(dense, dict) and "precision" in dense
+    ):  # the resolved one: auto on fp32 = today's fingerprint
+        dense["precision"] = resolve_precision(str(dense["precision"]), encode_device_type(), "encode")
     return mining
 
 
