@@ -21,7 +21,6 @@ in-batch candidates per step (``train/masked/*``) are averaged into each JSON.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import os
@@ -39,17 +38,14 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
 import causalneg.config  # noqa: F401  (registers the config resolvers)
 from causalneg.data.datamodule import RetrievalDataModule
-from causalneg.losses import build_objective
-from causalneg.losses.objective import grad_cache_chunk_size
 from causalneg.precision import resolve_config
 from causalneg.stages.common import artifact_sources, build_encoder, load_dataset
-from causalneg.stages.train import data_settings
+from causalneg.stages.train import build_system, data_settings
 from causalneg.training.system import RetrieverSystem
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,19 +111,7 @@ def build(cfg: DictConfig) -> tuple[RetrieverSystem, RetrievalDataModule]:
     datamodule = RetrievalDataModule(
         dataset, encoder.tokenize, data_settings(cfg), artifact_sources(cfg, dataset, encoder)
     )
-    objective = build_objective(cfg.loss, cfg.get("regularizer"))
-    guide = copy.deepcopy(encoder) if objective.infonce.guide_margin is not None else None
-    system = RetrieverSystem(
-        encoder,
-        objective,
-        optimizer=instantiate(cfg.optim.optimizer),
-        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
-        eval_batch_size=int(cfg.eval.batch_size),
-        eval_precision=str(cfg.eval.precision),
-        grad_cache_chunk_size=grad_cache_chunk_size(cfg.loss),
-        guide=guide,
-    )
-    return system, datamodule
+    return build_system(cfg, encoder), datamodule
 
 
 def trainer(cfg: DictConfig, log_dir: Path | None) -> L.Trainer:

@@ -155,6 +155,23 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_dev: bool) -> list[Ca
     return callbacks
 
 
+def build_system(cfg: DictConfig, encoder: DualEncoder) -> RetrieverSystem:
+    """The LightningModule of ``cfg``: objective (``loss``, ``regularizer``), optimizer, evaluation settings."""
+    objective = build_objective(cfg.loss, cfg.get("regularizer"))
+    # Guide-model masking (loss.guide_margin): a frozen copy of the stock encoder, taken before training.
+    guide = copy.deepcopy(encoder) if objective.infonce.guide_margin is not None else None
+    return RetrieverSystem(
+        encoder,
+        objective,
+        optimizer=instantiate(cfg.optim.optimizer),
+        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+        eval_batch_size=int(cfg.eval.batch_size),
+        eval_precision=str(cfg.eval.precision),
+        grad_cache_chunk_size=grad_cache_chunk_size(cfg.loss),
+        guide=guide,
+    )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     apply_runtime(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
@@ -178,19 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         start = evaluate_test(encoder, dataset, cfg, cache)
         log_metrics(logger, {f"test_start/{k}": v for k, v in start.metrics.items()}, step=0)
 
-        objective = build_objective(cfg.loss, cfg.get("regularizer"))
-        # Guide-model masking (loss.guide_margin): a frozen copy of the stock encoder, taken before training.
-        guide = copy.deepcopy(encoder) if objective.infonce.guide_margin is not None else None
-        system = RetrieverSystem(
-            encoder,
-            objective,
-            optimizer=instantiate(cfg.optim.optimizer),
-            scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
-            eval_batch_size=int(cfg.eval.batch_size),
-            eval_precision=str(cfg.eval.precision),
-            grad_cache_chunk_size=grad_cache_chunk_size(cfg.loss),
-            guide=guide,
-        )
+        system = build_system(cfg, encoder)
         has_dev = bool(settings.dev_split)
         callbacks = build_callbacks(cfg, output_dir, has_dev)
         trainer: L.Trainer = instantiate(
