@@ -233,7 +233,7 @@ def main() -> None:
     smoke_dir = tempfile.TemporaryDirectory(prefix="recipe-smoke-") if args.smoke else None
     if smoke_dir is not None:
         args.queries, args.dev_queries, args.dev_random = 8, 8, 50
-        args.out = args.artifacts_root = smoke_dir.name
+        args.out = args.artifacts_root = args.cache_dir = smoke_dir.name
         args.arms, datasets = "multi", datasets[:1]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

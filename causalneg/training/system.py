@@ -216,7 +216,13 @@ class RetrieverSystem(L.LightningModule):
         with torch.no_grad():
             stats = dict(out.stats)
             stats.update(per_source_similarity_stats(q, p, n, batch["neg_source"], batch["neg_mask"]))
-        self.log_dict({f"train/{k}": v.float() for k, v in stats.items()}, batch_size=size)
+        masked = {f"train/{k}": float(v) for k, v in stats.items() if k.startswith("masked/")}
+        if masked and self.logger is not None:  # every step, whatever log_every_n_steps (rank 0's count)
+            self.logger.log_metrics(masked, step=self.global_step)
+        self.log_dict(
+            {f"train/{k}": v.float() for k, v in stats.items() if not k.startswith("masked/")},
+            batch_size=size,
+        )
         # Epoch means too (logged at every epoch end whatever log_every_n_steps is, so that short runs, e.g. the
         # CPU-scaled ablation with a few steps per epoch, still record the per-source statistics).
         epoch = {"train_epoch/loss": loss.detach()} | {
