@@ -232,6 +232,7 @@ class InfoNCE(nn.Module):
         columns, so the candidate set is exactly {p_i} ∪ {n_ik} ∪ {p_j, n_jk : j ≠ i}, less masked ones.
         """
         rank, size = world()
+        k_local = n.shape[1]  # before padding to the ranks' largest K
         pos_key, neg_key = (keys.positive, keys.negatives) if keys is not None else (None, None)
         g_p, g_n = (guide[1].detach(), guide[2].detach()) if guide is not None else (None, None)
         if self.gather_across_devices and size > 1:
@@ -265,7 +266,7 @@ class InfoNCE(nn.Module):
             gq = guide[0].detach()
             guide_sim = torch.cat([gq @ g_p.T, gq @ g_n.reshape(-1, d).T], dim=1)
         k_all = n_all.shape[1]  # query i's own slot k is column N + (offset + i) * K_all + k
-        own = p_all.shape[0] + labels[:, None] * k_all + torch.arange(n.shape[1], device=q.device)[None, :]
+        own = p_all.shape[0] + labels[:, None] * k_all + torch.arange(k_local, device=q.device)[None, :]
         return _Candidates(sim, valid, labels, judged, guide_sim, own)
 
 
