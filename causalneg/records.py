@@ -71,12 +71,14 @@ class TrainingGroup:
     """One contrastive example: a query, one positive passage and its negatives (each with a source).
 
     ``judged_ids``: every passage id the qrels judge relevant for the query (score > 0), for false-negative
-    masking of in-batch candidates; empty means just ``positive.id``."""
+    masking of in-batch candidates; empty means just ``positive.id``. ``extra_positives``: the query's other
+    positives in a multi-positive group (``data.positives=multi``), best grade first; empty otherwise."""
 
     query: Query
     positive: Passage
     negatives: tuple[Negative, ...]
     judged_ids: tuple[str, ...] = ()
+    extra_positives: tuple[Passage, ...] = ()
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Retrieval quality: stock MiniLM, BM25, our mined-negatives fine-tune and the sentence-transformers recipe.
 
     python experiments/bench_quality.py [--datasets hotpotqa,scifact] [--queries 128] [--epochs 1]
-        [--batch 16] [--negatives 4] [--lr 5e-5] [--threads 2] [--seed 0]
+        [--batch 16] [--negatives 4] [--lr 5e-5] [--threads 2] [--seed 0] [--positives one|pairs|multi]
 
 On ../shared/data/hotpotqa_distractor_subset and ../shared/data/scifact, in one process, with one seed and one
 budget (default: 128 training queries, 1 epoch, batch 16, 4 hard negatives per query, lr 5e-5 with 10% linear
@@ -151,6 +151,7 @@ def stage_overrides(name: str, args: argparse.Namespace, root: Path) -> list[str
         f"data.max_train_queries={args.queries}",
         f"data.selection_seed={args.seed}",
         f"data.num_mined={args.negatives}",
+        f"data.positives={args.positives}",
         f"data.batch_size={args.batch}",
         "data.diagnostics_groups=0",
         "diagnostics.enabled=false",
@@ -229,7 +230,8 @@ def peer_training_rows(
     cache: EmbeddingCache,
     folder: Path,
 ) -> tuple[Any, dict[str, float]]:
-    """Mine with ``mine_hard_negatives`` (stock model, the whole benchmark corpus); keep the first row per query."""
+    """Mine with ``mine_hard_negatives`` (stock model, the whole benchmark corpus); keep the first row per query,
+    or with ``--positives pairs|multi`` every (query, positive) row, as the sentence-transformers recipe does."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
@@ -267,6 +269,8 @@ def peer_training_rows(
     )
     seconds = time.perf_counter() - started
     reused = len(list(folder.glob("corpus_embeddings_*.npy"))) == 1 and primed.is_file()
+    if args.positives != "one":
+        return mined, {"mine_seconds": seconds, "primed_cache_used": float(reused)}
     seen, keep = set(), []
     for i, anchor in enumerate(mined["anchor"]):
         if anchor not in seen:
@@ -421,6 +425,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mining", choices=("dense", "bm25"), default="dense", help="our arm's miner")
+    parser.add_argument(
+        "--positives",
+        choices=("one", "pairs", "multi"),
+        default="one",
+        help="our arm's data.positives; pairs/multi also give the peer a row per (query, positive)",
+    )
     parser.add_argument("--arms", default="stock,bm25,ours,peer", help="subset of stock,bm25,ours,peer")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--corpus", choices=("subset", "full"), default="subset", help="see the docstring")

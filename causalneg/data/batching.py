@@ -1,12 +1,15 @@
 """Samplers, datasets and collation that turn query pools into tokenized training batches.
 
-A batch is a dict of tensors (B queries, K = GroupSpec.total negative slots, L* token lengths):
+A batch is a dict of tensors (B queries, K = GroupSpec.total slots: the negative slots, then, with
+``data.positives=multi``, the extra-positive slots; L* token lengths):
     query_input_ids / query_attention_mask          [B, Lq]
     positive_input_ids / positive_attention_mask    [B, Ld]
-    negative_input_ids / negative_attention_mask    [B*K', Ln]  (only the K' real negatives, row-major)
-    neg_index   [B, K] long: row in the flattened negatives, -1 for an empty slot
-    neg_source  [B, K] long: NegativeSource value (MINED for empty slots; masked anyway)
-    neg_mask    [B, K] bool: True where a real negative sits
+    negative_input_ids / negative_attention_mask    [M, Ln]  (only the M filled slots' texts, row-major)
+    neg_index   [B, K] long: row in the flattened slot texts, -1 for an empty slot
+    neg_source  [B, K] long: NegativeSource value (MINED for empty and positive slots; masked anyway)
+    neg_mask    [B, K] bool: True where a real negative sits (False for an extra positive: every consumer
+                that reads only negatives, regularizers and diagnostics, sees it as padding)
+    pos_slot    [B, K] bool: True where an extra positive of the query sits (only InfoNCE reads it)
     positive_key [B] long, neg_key [B, K] long, judged_key [B, J] long: passage keys (:func:`passage_key`) of
                 the positive, of each negative slot and of every passage judged relevant for the query
                 (``NO_KEY`` = -1 for generated text, empty slots and padding): false-negative masking
@@ -96,17 +99,20 @@ class GroupDataset(Dataset[TrainingGroup]):
 
 
 class GroupCollator:
-    """Tokenizes a list of TrainingGroups into the batch layout documented in this module."""
+    """Tokenizes a list of TrainingGroups into the batch layout documented in this module: ``slots`` negative
+    slots, then ``positive_slots`` slots for a multi-positive group's extra positives."""
 
-    def __init__(self, tokenize: Tokenize, slots: int) -> None:
-        self.tokenize, self.slots = tokenize, slots
+    def __init__(self, tokenize: Tokenize, slots: int, positive_slots: int = 0) -> None:
+        self.tokenize, self.slots, self.positive_slots = tokenize, slots, positive_slots
 
     def __call__(self, groups: list[TrainingGroup]) -> dict[str, torch.Tensor]:
         queries = self.tokenize([g.query.text for g in groups], "query")
         positives = self.tokenize([g.positive.full_text for g in groups], "doc")
-        neg_index = torch.full((len(groups), self.slots), -1, dtype=torch.long)
-        neg_source = torch.full((len(groups), self.slots), int(NegativeSource.MINED), dtype=torch.long)
-        neg_key = torch.full((len(groups), self.slots), NO_KEY, dtype=torch.long)
+        shape = (len(groups), self.slots + self.positive_slots)
+        neg_index = torch.full(shape, -1, dtype=torch.long)
+        neg_source = torch.full(shape, int(NegativeSource.MINED), dtype=torch.long)
+        neg_key = torch.full(shape, NO_KEY, dtype=torch.long)
+        pos_slot = torch.zeros(shape, dtype=torch.bool)
         judged = [g.judged_ids or (g.positive.id,) for g in groups]
         judged_key = torch.full((len(groups), max(map(len, judged))), NO_KEY, dtype=torch.long)
         texts: list[str] = []
@@ -118,6 +124,9 @@ class GroupCollator:
                 if negative.passage_id is not None:
                     neg_key[i, j] = passage_key(negative.passage_id)
                 texts.append(negative.text)
+            for j, extra in enumerate(group.extra_positives[: self.positive_slots], start=self.slots):
+                neg_index[i, j], pos_slot[i, j], neg_key[i, j] = len(texts), True, passage_key(extra.id)
+                texts.append(extra.full_text)
         batch = {
             "query_input_ids": queries["input_ids"],
             "query_attention_mask": queries["attention_mask"],
@@ -125,7 +134,8 @@ class GroupCollator:
             "positive_attention_mask": positives["attention_mask"],
             "neg_index": neg_index,
             "neg_source": neg_source,
-            "neg_mask": neg_index >= 0,
+            "neg_mask": (neg_index >= 0) & ~pos_slot,
+            "pos_slot": pos_slot,
             "positive_key": torch.tensor([passage_key(g.positive.id) for g in groups], dtype=torch.long),
             "neg_key": neg_key,
             "judged_key": judged_key,

@@ -23,7 +23,7 @@ from causalneg.data.batching import (
     QueryTextDataset,
     Tokenize,
 )
-from causalneg.data.groups import GroupSpec, QueryPool, build_pools, hold_out_diagnostic_pools
+from causalneg.data.groups import GroupSpec, QueryPool, build_pools, expand_pairs, hold_out_diagnostic_pools
 from causalneg.errors import ConfigError
 from causalneg.records import Negative, NegativeSource, Passage, RetrievalDataset
 
@@ -168,10 +168,15 @@ class RetrievalDataModule(L.LightningDataModule):
         generated = None
         if "generated" in self._dirs and self.sources.load_generated is not None:
             generated = self.sources.load_generated(self._dirs["generated"])
-        pools = build_pools(ds, s.train_split, list(s.train_query_ids), mined, generated)
+        pools = build_pools(ds, s.train_split, list(s.train_query_ids), mined, generated, s.spec.min_grade)
         if not pools:
-            raise ConfigError(f"no training queries with positives in split '{s.train_split}' of '{ds.name}'")
+            raise ConfigError(
+                f"no training queries with positives of grade >= {s.spec.min_grade} in split "
+                f"'{s.train_split}' of '{ds.name}'"
+            )
         self.train_pools, self.diagnostic_pools = self._hold_out(pools)
+        if s.spec.positives == "pairs":  # after the hold-out: the same queries are held out in every mode
+            self.train_pools = expand_pairs(self.train_pools)
         if s.spec.num_generated:
             self.generated_counts = generated_counts(self.train_pools, s.spec.generated_source)
             c = self.generated_counts
@@ -235,7 +240,7 @@ class RetrievalDataModule(L.LightningDataModule):
             GroupDataset(pools, s.spec, s.seed, self._random_pool()),
             batch_size=batch_size,
             sampler=EpochGroupSampler(len(pools), s.seed, shuffle=shuffle),
-            collate_fn=GroupCollator(self.tokenize, s.spec.total),
+            collate_fn=GroupCollator(self.tokenize, s.spec.negative_slots, s.spec.extra_positive_slots),
             num_workers=s.num_workers,
             drop_last=shuffle,
             generator=self._generator(),
@@ -258,7 +263,7 @@ class RetrievalDataModule(L.LightningDataModule):
                 self._batches_done,
                 s.batch_size,
             ),
-            collate_fn=GroupCollator(self.tokenize, s.spec.total),
+            collate_fn=GroupCollator(self.tokenize, s.spec.negative_slots, s.spec.extra_positive_slots),
             num_workers=s.num_workers,
             drop_last=True,
             generator=self._generator(),

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from causalneg.artifacts import fingerprint
 from causalneg.errors import ConfigError
 from causalneg.records import Negative, NegativeSource, Passage, Query, RetrievalDataset, TrainingGroup
+
+POSITIVE_MODES = ("one", "pairs", "multi")
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,24 @@ class GroupSpec:
     # random: a seeded draw of Nm from the query's kept mined candidates, new every epoch (more variety);
     # hardest: the Nm best-ranked kept candidates every epoch (the usual sentence-transformers recipe).
     mined_selection: str = "random"
-    # random: a seeded positive per epoch among the judged ones; first: always the first (sorted by id).
+    # random: a seeded positive per epoch among the judged ones; first: always the first (best grade, then id).
     positive_selection: str = "random"
+    # one: one positive per group | pairs: one group per (query, positive) pair, as sentence-transformers'
+    # rows are | multi: one group per query with up to max_positives positives (multi-positive InfoNCE).
+    positives: str = "one"
+    max_positives: int = 4  # multi: positives per group, the selected one included (extra slots: this - 1)
+    min_grade: int = 1  # a judged passage is a training positive from this qrels grade on
 
     def __post_init__(self) -> None:
+        if self.positives not in POSITIVE_MODES:
+            raise ConfigError(f"data.positives must be one of {POSITIVE_MODES}, got {self.positives!r}")
+        if self.max_positives < 1 or self.min_grade < 1:
+            raise ConfigError(
+                f"data.max_positives and data.min_grade must be >= 1, got {self.max_positives}, {self.min_grade}"
+            )
+        self._check_counts()
+
+    def _check_counts(self) -> None:
         if min(self.num_mined, self.num_generated, self.num_random) < 0:
             raise ConfigError(f"negative counts must be >= 0, got {self}")
         if self.mined_selection not in ("random", "hardest"):
@@ -39,14 +55,24 @@ class GroupSpec:
             raise ConfigError(
                 f"data.positive_selection must be random or first, got {self.positive_selection!r}"
             )
-        if self.total == 0:
+        if self.negative_slots == 0:
             raise ConfigError(
                 "a training group needs at least one negative (data.num_mined/num_generated/num_random)"
             )
 
     @property
-    def total(self) -> int:
+    def negative_slots(self) -> int:
         return self.num_mined + self.num_generated + self.num_random
+
+    @property
+    def extra_positive_slots(self) -> int:
+        """Slots after the negatives that hold a multi-positive group's other positives (0 unless multi)."""
+        return self.max_positives - 1 if self.positives == "multi" else 0
+
+    @property
+    def total(self) -> int:
+        """Slots per group in a batch: the negatives, then the extra positives."""
+        return self.negative_slots + self.extra_positive_slots
 
 
 @dataclass(frozen=True)
@@ -69,15 +95,24 @@ def build_pools(
     query_ids: Sequence[str],
     mined: Mapping[str, Sequence[tuple[str, float]]] | None = None,
     generated: Mapping[str, Sequence[Negative]] | None = None,
+    min_grade: int = 1,
 ) -> list[QueryPool]:
-    """One pool per query id: positives from the qrels, mined candidates resolved to corpus text."""
+    """One pool per query id: positives from the qrels, mined candidates resolved to corpus text.
+
+    Positives are the judged passages of grade >= ``min_grade`` that are in the corpus, best grade first, then
+    by id (with one grade: by id). Every passage of grade > 0 stays in ``judged_ids`` for masking, and none of
+    them is ever a mined negative. A query without a positive of that grade gets no pool."""
     judged = dataset.split(split)
     pools = []
     for qid in query_ids:
-        positives = tuple(dataset.corpus[pid] for pid in judged.positives(qid) if pid in dataset.corpus)
+        grades = judged.qrels.get(qid, {})
+        ranked = sorted(judged.positives(qid), key=lambda pid: -grades[pid])  # stable: ids stay sorted
+        positives = tuple(
+            dataset.corpus[pid] for pid in ranked if pid in dataset.corpus and grades[pid] >= min_grade
+        )
         if not positives:
             continue
-        pos_ids = {p.id for p in positives}
+        pos_ids = set(ranked)  # no judged positive, of any grade >= 1, is a negative
         mined_negs = tuple(
             Negative(
                 text=dataset.corpus[pid].full_text,
@@ -120,6 +155,18 @@ def hold_out_diagnostic_pools(
     return [p for i, p in enumerate(pools) if i not in held], [pools[i] for i in sorted(held)]
 
 
+def expand_pairs(pools: Sequence[QueryPool]) -> list[QueryPool]:
+    """``data.positives=pairs``: one pool per (query, positive), each with the query's negatives and judged ids
+    (so in-batch masking still knows every positive of the query)."""
+    return [
+        replace(
+            pool, positives=(positive,), judged_ids=pool.judged_ids or tuple(p.id for p in pool.positives)
+        )
+        for pool in pools
+        for positive in pool.positives
+    ]
+
+
 def _draw(rng: random.Random, items: Sequence[Negative], k: int) -> list[Negative]:
     return rng.sample(list(items), min(k, len(items)))
 
@@ -152,4 +199,13 @@ def sample_group(
             if p.id not in excluded
         ][: spec.num_random]
     judged = pool.judged_ids or tuple(p.id for p in pool.positives)
-    return TrainingGroup(query=pool.query, positive=positive, negatives=tuple(negatives), judged_ids=judged)
+    extra = [p for p in pool.positives if p.id != positive.id][
+        : spec.extra_positive_slots
+    ]  # best grade first
+    return TrainingGroup(
+        query=pool.query,
+        positive=positive,
+        negatives=tuple(negatives),
+        judged_ids=judged,
+        extra_positives=tuple(extra),
+    )

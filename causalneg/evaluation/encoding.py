@@ -21,12 +21,15 @@ from tqdm.auto import tqdm
 
 from causalneg.evaluation.embedding_cache import EmbeddingCache, embedding_key, texts_fingerprint
 from causalneg.models.encoder import DualEncoder, Side
+from causalneg.precision import encode_device_type, resolve_precision
 
-# Accepted precision names -> canonical name (the one used in cache keys).
+# Accepted precision names -> canonical name (the one used in cache keys); "auto" is resolved first.
 PRECISIONS = {"32-true": "32-true", "32": "32-true", "fp32": "32-true", "bf16": "bf16", "bf16-mixed": "bf16"}
 
 
 def canonical_precision(precision: str) -> str:
+    """The cache-key name of ``precision``; ``auto`` resolves on this machine (:mod:`causalneg.precision`)."""
+    precision = resolve_precision(precision, encode_device_type(), "encode")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     return PRECISIONS[precision]

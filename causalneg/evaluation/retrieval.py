@@ -129,6 +129,14 @@ def evaluate_retrieval(
             f"split '{split}' of '{dataset.name}' judges {len(missing)} queries without text: {missing[:3]}"
         )
     query_texts = [data.queries[qid].text for qid in query_ids]
+    cut = encoder.count_truncated(query_texts, "query")
+    if cut:  # a set whose queries are passages (Semanlink: title + abstract) loses most of each query here
+        print(
+            f"[causalneg] {cut} of {len(query_texts)} queries of '{dataset.name}' split '{split}' are longer than "
+            f"model.query_max_length={encoder.max_length('query')} tokens and are cut; where queries are "
+            "passages, raise it (e.g. model.query_max_length=256)",
+            flush=True,
+        )
     doc_ids = list(dataset.corpus) if corpus_ids is None else list(corpus_ids)
     unknown = [pid for pid in doc_ids if pid not in dataset.corpus]
     if unknown:
@@ -156,6 +164,7 @@ def evaluate_retrieval(
     stats = {
         "n_queries": len(query_ids),
         "n_docs": len(doc_ids),
+        "queries_truncated": cut,
         "seconds": time.perf_counter() - started,
         "ranks": found.rank_stats,
     }

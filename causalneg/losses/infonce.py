@@ -58,6 +58,21 @@ class InfoNCE(nn.Module):
     (logits are divided by it; sentence-transformers' ``scale`` is :math:`1/\tau`). Padding slots
     (``neg_mask`` False) get logit :math:`-\infty`: no probability mass and no gradient.
 
+    Several positives (``pos_slot``, ``data.positives=multi``): slots of :math:`n_i` flagged in ``pos_slot`` hold
+    further positives :math:`P_i \setminus \{p_i\}` of query :math:`i`. Each positive is scored against the
+    negatives alone (the other positives leave its denominator), and the query's loss is their mean,
+
+    .. math::
+        \ell_i = \frac{1}{|P_i|}\sum_{p \in P_i} -\log \frac{e^{q_i\cdot p/\tau}}
+                 {e^{q_i\cdot p/\tau} + \sum_{c \in C_i} e^{q_i\cdot c/\tau}}
+
+    which is the plain :math:`\ell_i` when :math:`P_i = \{p_i\}`. Why the mean and not the sum of the
+    positives in one numerator: the sum's gradient is spread over the positives by their own softmax weight, so
+    a judged positive that the encoder already ranks low (the one retrieval misses) gets the least of it; the
+    mean gives each positive the gradient of its own (query, positive) pair, as sentence-transformers' per-pair
+    rows do, while the query keeps one row (one weight) in the batch however many positives it has. Other
+    queries' extra positives are in-batch candidates like their negatives (masked when judged for :math:`i`).
+
     False-negative masking (``mask_judged_positives``, needs ``keys``): a candidate whose passage the qrels
     judge relevant for query :math:`i` (score > 0), or that is a copy of :math:`p_i`, is removed from
     :math:`C_i` (logit :math:`-\infty`) instead of being pushed away: typically another query's positive
@@ -89,7 +104,8 @@ class InfoNCE(nn.Module):
     Ranks may carry different K (negatives are padded with masked slots before gathering).
 
     Shapes: ``q`` [B, D], ``p`` [B, D], ``n`` [B, K, D] (K may be 0), ``neg_mask`` [B, K] bool or None
-    (all valid), ``keys`` a :class:`PassageKeys` (positive [B], negatives [B, K], judged [B, J]) or None
+    (all valid), ``pos_slot`` [B, K] bool or None (no extra positives; a flagged slot is valid whatever
+    ``neg_mask`` says), ``keys`` a :class:`PassageKeys` (positive [B], negatives [B, K], judged [B, J]) or None
     (no masking), ``guide`` the guide's ``(q, p, n)`` of the same shapes, detached, or None. Returns a scalar.
     Gradient flows to ``q``, ``p`` and ``n`` (and, across devices, to other ranks' ``p`` and ``n`` through the
     gather); never to the guide's. References: van den Oord et al. 2018 (CPC); Karpukhin et al. 2020 (DPR,
@@ -128,8 +144,9 @@ class InfoNCE(nn.Module):
         neg_mask: Tensor | None = None,
         keys: PassageKeys | None = None,
         guide: Guide | None = None,
+        pos_slot: Tensor | None = None,
     ) -> Tensor:
-        return self.loss_and_stats(q, p, n, neg_mask, keys, guide)[0]
+        return self.loss_and_stats(q, p, n, neg_mask, keys, guide, pos_slot)[0]
 
     def loss_and_stats(
         self,
@@ -139,12 +156,19 @@ class InfoNCE(nn.Module):
         neg_mask: Tensor | None = None,
         keys: PassageKeys | None = None,
         guide: Guide | None = None,
+        pos_slot: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss and detached stats: ``masked/judged_positive`` (a count) when judged masking is on and
         ``keys`` are given; ``masked/guide`` when ``guide_margin`` is set and ``guide`` is given."""
         check_inputs(q, p, n, neg_mask)
+        if pos_slot is not None and pos_slot.shape != n.shape[:2]:
+            raise ValueError(f"pos_slot must be [B, K] = {tuple(n.shape[:2])}; got {tuple(pos_slot.shape)}")
         if neg_mask is None:
             neg_mask = torch.ones(n.shape[:2], dtype=torch.bool, device=n.device)
+        if pos_slot is not None and pos_slot.dtype != torch.bool:
+            raise ValueError(f"pos_slot must be a bool tensor; got {pos_slot.dtype}")
+        if pos_slot is not None:
+            neg_mask = neg_mask | pos_slot  # an extra positive is a real candidate column
         if keys is not None:
             keys.check(*n.shape[:2])
         if guide is not None:
@@ -158,6 +182,8 @@ class InfoNCE(nn.Module):
         rows = torch.arange(q.shape[0], device=q.device)
         label = torch.zeros_like(c.valid)
         label[rows, c.labels] = True
+        if pos_slot is not None:  # the query's extra positives' columns: positives, never masked
+            label[rows[:, None].expand_as(pos_slot)[pos_slot], c.own_slots[pos_slot]] = True
         judged = c.judged & c.valid & ~label if c.judged is not None else torch.zeros_like(c.valid)
         guided = torch.zeros_like(c.valid)
         if c.guide_sim is not None and self.guide_margin is not None:
@@ -171,7 +197,9 @@ class InfoNCE(nn.Module):
             stats[MASKED_JUDGED] = judged.sum().detach()
         if use_guide is not None:
             stats[MASKED_GUIDE] = guided.sum().detach()
-        return F.cross_entropy(logits, c.labels), stats
+        if pos_slot is None or not bool(pos_slot.any()):
+            return F.cross_entropy(logits, c.labels), stats
+        return multi_positive_loss(logits, label), stats
 
     def _own_candidates(
         self, q: Tensor, p: Tensor, n: Tensor, mask: Tensor, keys: PassageKeys | None, guide: Guide | None
@@ -192,7 +220,8 @@ class InfoNCE(nn.Module):
                 [(gq * gp).sum(-1, keepdim=True), torch.einsum("bd,bkd->bk", gq, gn)], dim=1
             )
         labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-        return _Candidates(sim, valid, labels, judged, guide_sim)
+        own = 1 + torch.arange(n.shape[1], device=q.device)[None, :].expand(q.shape[0], -1)  # [B, K]
+        return _Candidates(sim, valid, labels, judged, guide_sim, own)
 
     def _in_batch_candidates(
         self, q: Tensor, p: Tensor, n: Tensor, mask: Tensor, keys: PassageKeys | None, guide: Guide | None
@@ -203,6 +232,7 @@ class InfoNCE(nn.Module):
         columns, so the candidate set is exactly {p_i} ∪ {n_ik} ∪ {p_j, n_jk : j ≠ i}, less masked ones.
         """
         rank, size = world()
+        k_local = n.shape[1]  # before padding to the ranks' largest K
         pos_key, neg_key = (keys.positive, keys.negatives) if keys is not None else (None, None)
         g_p, g_n = (guide[1].detach(), guide[2].detach()) if guide is not None else (None, None)
         if self.gather_across_devices and size > 1:
@@ -235,7 +265,9 @@ class InfoNCE(nn.Module):
         if guide is not None and g_p is not None and g_n is not None:
             gq = guide[0].detach()
             guide_sim = torch.cat([gq @ g_p.T, gq @ g_n.reshape(-1, d).T], dim=1)
-        return _Candidates(sim, valid, labels, judged, guide_sim)
+        k_all = n_all.shape[1]  # query i's own slot k is column N + (offset + i) * K_all + k
+        own = p_all.shape[0] + labels[:, None] * k_all + torch.arange(k_local, device=q.device)[None, :]
+        return _Candidates(sim, valid, labels, judged, guide_sim, own)
 
 
 Guide = tuple[Tensor, Tensor, Tensor]  # the guide encoder's (q [B, D], p [B, D], n [B, K, D]), detached
@@ -245,10 +277,26 @@ Guide = tuple[Tensor, Tensor, Tensor]  # the guide encoder's (q [B, D], p [B, D]
 class _Candidates:
     """Per query, its candidate columns: ``sim`` [B, C] (q·c, with gradient), ``valid`` [B, C] (False =
     padding), ``labels`` [B] (the positive's column), ``judged`` [B, C] or None (judged positives by key),
-    ``guide_sim`` [B, C] or None (the guide's q̂·ĉ)."""
+    ``guide_sim`` [B, C] or None (the guide's q̂·ĉ), ``own_slots`` [B, K] long (the column of each of the
+    query's own slots)."""
 
     sim: Tensor
     valid: Tensor
     labels: Tensor
     judged: Tensor | None
     guide_sim: Tensor | None
+    own_slots: Tensor
+
+
+def multi_positive_loss(logits: Tensor, positive: Tensor) -> Tensor:
+    r"""Mean over queries of the mean over each query's positives of :math:`-\log e^{s_p} / (e^{s_p} +
+    \sum_{c} e^{s_c})`, with :math:`c` the columns that are neither positive nor masked.
+
+    ``logits`` [B, C] (masked columns already :math:`-\infty`), ``positive`` [B, C] bool (at least one per
+    row). Each term is :math:`\mathrm{logaddexp}(s_p, \mathrm{LSE}_c\, s_c) - s_p`; a row without a negative
+    gives 0. Equals ``F.cross_entropy`` when each row has one positive.
+    """
+    negatives = logits.masked_fill(positive, float("-inf")).logsumexp(dim=1, keepdim=True)  # [B, 1]
+    safe = logits.masked_fill(~positive, 0.0)  # no -inf arithmetic in the unused entries
+    terms = (torch.logaddexp(safe, negatives.expand_as(safe)) - safe) * positive  # [B, C]
+    return (terms.sum(dim=1) / positive.sum(dim=1)).mean()

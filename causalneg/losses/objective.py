@@ -55,7 +55,9 @@ class Objective(nn.Module):
 
     ``keys`` (passage keys of the batch, :class:`causalneg.losses.masking.PassageKeys`) and ``guide`` (a guide
     encoder's embeddings of the same texts) go to InfoNCE only, for false-negative masking; the regularizers
-    see a query's own negatives, which the data layer keeps free of its judged positives.
+    see a query's own negatives, which the data layer keeps free of its judged positives. ``pos_slot`` [B, K]
+    (extra positives of multi-positive groups) goes to InfoNCE only: ``neg_mask`` is False there, so the
+    regularizers see those slots as padding.
 
     A regularizer with weight 0 is still evaluated (its stats are diagnostics worth logging in every arm) but
     under ``torch.no_grad`` and left out of the sum, so the loss and every gradient are exactly those of plain
@@ -97,8 +99,9 @@ class Objective(nn.Module):
         neg_mask: Tensor,
         keys: PassageKeys | None = None,
         guide: Guide | None = None,
+        pos_slot: Tensor | None = None,
     ) -> ObjectiveOutput:
-        main, infonce_stats = self.infonce.loss_and_stats(q, p, n, neg_mask, keys, guide)
+        main, infonce_stats = self.infonce.loss_and_stats(q, p, n, neg_mask, keys, guide, pos_slot)
         total = main
         parts = {"loss/infonce": main.detach()}
         stats: dict[str, Tensor] = dict(infonce_stats)

@@ -180,6 +180,22 @@ class DualEncoder(nn.Module):
         )
         return [list(ids) for ids in encoded["input_ids"]]
 
+    def count_truncated(self, texts: Sequence[str], side: Side) -> int:
+        """How many of ``texts`` (with the side's prefix and special tokens) exceed the side's max length in
+        tokens: :meth:`token_ids` cuts those."""
+        if not texts:
+            return 0
+        encoded = self.tokenizer(
+            [self.prefix(side) + text for text in texts],
+            truncation=False,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
+        limit = self.max_length(side)
+        return sum(len(ids) > limit for ids in encoded["input_ids"])
+
     def pad(self, ids: Sequence[Sequence[int]]) -> BatchEncoding:
         """``input_ids, attention_mask [B, T]``, padded to this batch's longest (tokenizer's side)."""
         width = max((len(seq) for seq in ids), default=0)

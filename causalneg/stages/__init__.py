@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from causalneg.config import check_required
 from causalneg.errors import CausalNegError, ConfigError
+from causalneg.precision import resolve_config
 
 STAGES = ("train", "evaluate", "mine", "generate", "diagnose", "compare")
 
@@ -19,6 +20,9 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
     if stage not in STAGES:
         raise ConfigError(f"unknown stage={stage!r}; choose one of: {', '.join(STAGES)}")
     check_required(cfg)
+    resolve_config(
+        cfg
+    )  # precision: auto -> what this machine computes natively (logged params, fingerprints)
     module = importlib.import_module(f"causalneg.stages.{stage}")
     try:
         result: dict[str, Any] = module.run(cfg)

@@ -143,8 +143,11 @@ def data_settings(cfg: DictConfig, dataset: RetrievalDataset) -> DataSettings:
         num_generated=int(d.num_generated),
         num_random=int(d.num_random),
         generated_source=generated_source(cfg),
-        mined_selection=str(d.get("mined_selection", "random")),
-        positive_selection=str(d.get("positive_selection", "random")),
+        mined_selection=str(d.get("mined_selection", "hardest")),
+        positive_selection=str(d.get("positive_selection", "first")),
+        positives=str(d.get("positives", "one")),
+        max_positives=int(d.get("max_positives", 4)),
+        min_grade=int(d.get("min_grade", 1)),
     )
     train_split, dev_split = str(cfg.dataset.train_split), cfg.dataset.get("dev_split")
     dev = selection(cfg, dataset, str(dev_split)).query_ids if dev_split else ()

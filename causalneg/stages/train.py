@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from causalneg.config import plain_dict
 from causalneg.contracts import METRICS, PER_QUERY_METRICS, PRIMARY_METRIC, PRIMARY_MODE
-from causalneg.data.datamodule import RetrievalDataModule
+from causalneg.data.datamodule import DevSet, RetrievalDataModule
 from causalneg.evaluation.embedding_cache import EmbeddingCache
 from causalneg.evaluation.retrieval import evaluate_retrieval
 from causalneg.losses import build_objective
@@ -134,6 +135,27 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_dev: bool) -> list[Ca
     return callbacks
 
 
+def build_system(
+    cfg: DictConfig, encoder: DualEncoder, dev_set: Callable[[], DevSet] | None = None
+) -> RetrieverSystem:
+    """The LightningModule of ``cfg``: objective (``loss``, ``regularizer``), optimizer, evaluation settings, and
+    the dev set it validates on (``None``: no validation)."""
+    objective = build_objective(plain_dict(cfg.loss), plain_dict(cfg.get("regularizer")))
+    # Guide-model masking (loss.guide_margin): a frozen copy of the stock encoder, taken before training.
+    guide = copy.deepcopy(encoder) if objective.infonce.guide_margin is not None else None
+    return RetrieverSystem(
+        encoder,
+        objective,
+        optimizer=instantiate(cfg.optim.optimizer),
+        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+        eval_batch_size=int(cfg.eval.batch_size),
+        eval_precision=str(cfg.eval.precision),
+        grad_cache_chunk_size=grad_cache_chunk_size(plain_dict(cfg.loss)),
+        guide=guide,
+        dev_set=dev_set,
+    )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     apply_runtime(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
@@ -156,20 +178,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         start = evaluate_test(encoder, dataset, cfg, cache)
         log_metrics(logger, {f"test_start/{k}": v for k, v in start.metrics.items()}, step=0)
 
-        objective = build_objective(plain_dict(cfg.loss), plain_dict(cfg.get("regularizer")))
-        # Guide-model masking (loss.guide_margin): a frozen copy of the stock encoder, taken before training.
-        guide = copy.deepcopy(encoder) if objective.infonce.guide_margin is not None else None
-        system = RetrieverSystem(
-            encoder,
-            objective,
-            optimizer=instantiate(cfg.optim.optimizer),
-            scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
-            eval_batch_size=int(cfg.eval.batch_size),
-            eval_precision=str(cfg.eval.precision),
-            grad_cache_chunk_size=grad_cache_chunk_size(plain_dict(cfg.loss)),
-            guide=guide,
-            dev_set=datamodule.dev_set if settings.dev_split else None,
-        )
+        system = build_system(cfg, encoder, datamodule.dev_set if settings.dev_split else None)
         has_dev = bool(settings.dev_split)
         callbacks = build_callbacks(cfg, output_dir, has_dev)
         trainer: L.Trainer = instantiate(

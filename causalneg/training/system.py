@@ -37,6 +37,7 @@ from causalneg.losses import Objective, ObjectiveOutput, per_source_similarity_s
 from causalneg.losses.infonce import Guide
 from causalneg.losses.masking import PassageKeys
 from causalneg.models.encoder import DualEncoder, Side
+from causalneg.precision import native_bf16_cpu
 from causalneg.training.chunking import encode_bucketed, plan_chunks
 from causalneg.training.grad_cache import grad_cache_loss
 
@@ -44,16 +45,6 @@ __all__ = ["RetrieverSystem", "encode_bucketed", "native_bf16_cpu", "set_attenti
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
-
-
-def native_bf16_cpu() -> bool:
-    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX).
-
-    Without them (AVX2-only CPUs, or a hypervisor that hides AVX512) bf16 matmuls are emulated: measured about
-    4x slower than float32 for MiniLM-sized linear layers on such a machine.
-    """
-    is_supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(is_supported()) if is_supported is not None else False
 
 
 def set_attention_dropout(model: nn.Module, p: float) -> int:
@@ -154,13 +145,14 @@ class RetrieverSystem(L.LightningModule):
     @staticmethod
     def split_embeddings(batch: dict[str, Tensor], q: Tensor, docs: Tensor) -> dict[str, Tensor]:
         """``q`` [B, D] and ``docs`` [B+M, D] -> query [B,D], positive [B,D], negatives [B,K,D] (zeros in empty
-        slots), as :meth:`embed_batch` returns them."""
+        slots; extra positives in their ``pos_slot`` slots), as :meth:`embed_batch` returns them."""
         b, k = batch["neg_index"].shape
         p, flat = docs[:b], docs[b:]
         if flat.shape[0] == 0:
             return {"query": q, "positive": p, "negatives": q.new_zeros(b, k, q.shape[-1])}
         index = batch["neg_index"].clamp(min=0)  # [B,K]
-        n = flat[index.view(-1)].view(b, k, -1) * batch["neg_mask"].unsqueeze(-1).to(flat.dtype)
+        filled = batch["neg_index"] >= 0  # negatives and extra positives (pos_slot)
+        n = flat[index.view(-1)].view(b, k, -1) * filled.unsqueeze(-1).to(flat.dtype)
         return {"query": q, "positive": p, "negatives": n}
 
     def embed_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -199,7 +191,9 @@ class RetrieverSystem(L.LightningModule):
 
         def objective(emb: dict[str, Tensor]) -> ObjectiveOutput:
             q, p, n = emb["query"], emb["positive"], emb["negatives"]
-            return self.objective(q, p, n, batch["neg_source"], batch["neg_mask"], keys, guide)
+            return self.objective(
+                q, p, n, batch["neg_source"], batch["neg_mask"], keys, guide, batch.get("pos_slot")
+            )
 
         if self.grad_cache_chunk_size is None:
             emb = self.embed_batch(batch)
@@ -227,7 +221,13 @@ class RetrieverSystem(L.LightningModule):
         with torch.no_grad():
             stats = dict(out.stats)
             stats.update(per_source_similarity_stats(q, p, n, batch["neg_source"], batch["neg_mask"]))
-        self.log_dict({f"train/{k}": v.float() for k, v in stats.items()}, batch_size=size)
+        masked = {f"train/{k}": float(v) for k, v in stats.items() if k.startswith("masked/")}
+        if masked and self.logger is not None:  # every step, whatever log_every_n_steps (rank 0's count)
+            self.logger.log_metrics(masked, step=self.global_step)
+        self.log_dict(
+            {f"train/{k}": v.float() for k, v in stats.items() if not k.startswith("masked/")},
+            batch_size=size,
+        )
         # Epoch means too (logged at every epoch end whatever log_every_n_steps is, so that short runs, e.g. the
         # CPU-scaled ablation with a few steps per epoch, still record the per-source statistics).
         epoch = {"train_epoch/loss": loss.detach()} | {

@@ -6,7 +6,9 @@ The mean of the two rank losses and DDP's averaged parameter gradients must equa
 single process on the whole batch. The ranks hold different K (rank 1's extra slots are padding in the
 single-process batch) and different numbers of queries with generated negatives, so the padding in the gather
 and the entropy's cross-rank normalisation are both exercised. The masking case has judged positives of a
-query on the other rank (a duplicate positive, another query's positive, another query's negative).
+query on the other rank (a duplicate positive, another query's positive, another query's negative). The
+multi-positive case flags extra-positive slots on both ranks (``pos_slot``), whose columns in the gathered
+candidates depend on the rank offset and the padded K.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from causalneg.records import NegativeSource
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 WORLD, B, K, K_RANK1, D_IN, D = 2, 8, 6, 4, 10, 5
-CASES = {  # name -> (in_batch_negatives, entropy weight, false-negative masking)
-    "in_batch": (True, 0.0, False),
-    "in_batch+entropy": (True, 0.5, False),
-    "own_negatives+entropy": (False, 0.5, False),
-    "in_batch+masking": (True, 0.0, True),
+CASES = {  # name -> (in_batch_negatives, entropy weight, false-negative masking, extra positives)
+    "in_batch": (True, 0.0, False, False),
+    "in_batch+entropy": (True, 0.5, False, False),
+    "own_negatives+entropy": (False, 0.5, False, False),
+    "in_batch+masking": (True, 0.0, True, False),
+    "in_batch+masking+multi": (True, 0.5, True, True),
 }
 
 
@@ -56,7 +59,10 @@ def make_data() -> dict[str, Tensor]:
     judged_key[:, 0] = positive_key
     judged_key[0, 1] = positive_key[6]  # query 0 (rank 0) judges query 6's positive (rank 1)
     judged_key[6, 1] = neg_key[2, 0]  # query 6 (rank 1) judges a negative of query 2 (rank 0)
+    pos_slot = torch.zeros(B, K, dtype=torch.bool)
+    pos_slot[[1, 3, 6, 7], [3, 5, 2, 3]] = True  # extra positives on both ranks (rank 1 within its K_RANK1)
     return {
+        "pos_slot": pos_slot,
         "positive_key": positive_key,
         "neg_key": neg_key,
         "judged_key": judged_key,
@@ -64,7 +70,7 @@ def make_data() -> dict[str, Tensor]:
         "xp": torch.randn(B, D_IN, generator=g, dtype=torch.float64),
         "xn": torch.randn(B, K, D_IN, generator=g, dtype=torch.float64),
         "source": source,
-        "mask": mask,
+        "mask": mask & ~pos_slot,  # as collated: an extra positive's slot is not a negative
     }
 
 
@@ -74,7 +80,7 @@ def make_encoder() -> nn.Linear:
 
 
 def forward(
-    encoder: nn.Module, data: dict[str, Tensor], in_batch: bool, weight: float, masking: bool
+    encoder: nn.Module, data: dict[str, Tensor], in_batch: bool, weight: float, masking: bool, multi: bool
 ) -> tuple[Tensor, Tensor]:
     """Encode (one forward call, as DDP expects) and compute the objective. Returns (loss, entropy)."""
     b, k = data["xn"].shape[:2]
@@ -86,17 +92,17 @@ def forward(
         InfoNCE(temperature=0.05, in_batch_negatives=in_batch), regs, {"qve": weight} if weight else {}
     )
     keys = PassageKeys.from_batch(data) if masking else None
-    out = objective(q, p, n, data["source"], data["mask"], keys)
+    out = objective(q, p, n, data["source"], data["mask"], keys, pos_slot=data["pos_slot"] if multi else None)
     if masking:
         assert out.stats["masked/judged_positive"] > 0
     return out.loss, out.parts.get("loss/reg/qve", torch.zeros(()))
 
 
 def step(
-    encoder: nn.Module, data: dict[str, Tensor], in_batch: bool, weight: float, masking: bool
+    encoder: nn.Module, data: dict[str, Tensor], in_batch: bool, weight: float, masking: bool, multi: bool
 ) -> tuple[Tensor, Tensor]:
     """:func:`forward`, then backward. Returns (loss, entropy), detached."""
-    loss, entropy = forward(encoder, data, in_batch, weight, masking)
+    loss, entropy = forward(encoder, data, in_batch, weight, masking, multi)
     loss.backward()
     return loss.detach(), entropy.detach()
 
@@ -104,7 +110,13 @@ def step(
 def local_half(data: dict[str, Tensor], rank: int) -> dict[str, Tensor]:
     rows = slice(rank * B // WORLD, (rank + 1) * B // WORLD)
     k = K if rank == 0 else K_RANK1
-    per_negative = {"xn", "source", "mask", "neg_key"}  # [B, K, ...]: rank 1 keeps only its K_RANK1 slots
+    per_negative = {
+        "xn",
+        "source",
+        "mask",
+        "neg_key",
+        "pos_slot",
+    }  # [B, K, ...]: rank 1 keeps only its K_RANK1 slots
     return {key: v[rows, :k] if key in per_negative else v[rows] for key, v in data.items()}
 
 
@@ -120,9 +132,9 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     try:
         data = local_half(make_data(), rank)
         results = {}
-        for name, (in_batch, weight, masking) in CASES.items():
+        for name, (in_batch, weight, masking, multi) in CASES.items():
             model = DistributedDataParallel(make_encoder())
-            loss, entropy = step(model, data, in_batch, weight, masking)
+            loss, entropy = step(model, data, in_batch, weight, masking, multi)
             grads = [p.grad.detach().clone() for p in model.module.parameters()]
             results[name] = {"loss": loss, "entropy": entropy, "grads": grads}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -139,9 +151,9 @@ def free_port() -> int:
 def test_ddp_matches_single_process(tmp_path: Path) -> None:
     mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    for name, (in_batch, weight, masking) in CASES.items():
+    for name, (in_batch, weight, masking, multi) in CASES.items():
         encoder = make_encoder()
-        loss, entropy = step(encoder, make_data(), in_batch, weight, masking)
+        loss, entropy = step(encoder, make_data(), in_batch, weight, masking, multi)
         ddp_loss = sum(r[name]["loss"] for r in ranks) / WORLD
         assert torch.allclose(ddp_loss, loss, atol=1e-5, rtol=0), (name, ddp_loss, loss)
         if weight:

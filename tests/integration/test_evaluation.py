@@ -173,6 +173,34 @@ def test_evaluate_retrieval_scores_its_own_run(encoder: DualEncoder, tmp_path: P
         evaluate_retrieval(encoder, dataset, "test", corpus_ids=["nope"])
 
 
+def test_queries_longer_than_query_max_length_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    """Passage-like queries are not cut silently: the evaluation prints and records how many were cut."""
+    short = DualEncoder.from_config(
+        EncoderConfig(name="tiny", source="tiny", name_or_path="tiny", query_max_length=4)
+    )
+    dataset = _dataset()
+    texts = [dataset.split("test").queries[f"q{i}"].text for i in range(5)]
+    cut = short.count_truncated(texts, "query")
+    assert cut == sum(len(ids) > 4 for ids in short.tokenizer(texts)["input_ids"]) > 0
+    assert all(len(ids) <= 4 for ids in short.token_ids(texts, "query"))
+    result = evaluate_retrieval(short, dataset, "test", k=5)
+    assert result.stats["queries_truncated"] == cut
+    assert f"{cut} of 5 queries of 'synthetic' split 'test' are longer than model.query_max_length=4" in (
+        capsys.readouterr().out
+    )
+    assert (
+        evaluate_retrieval(
+            DualEncoder.from_config(
+                EncoderConfig(name="tiny", source="tiny", name_or_path="tiny", query_max_length=64)
+            ),
+            dataset,
+            "test",
+            k=5,
+        ).stats["queries_truncated"]
+        == 0
+    )
+
+
 def test_dev_subcorpus_ids_is_fixed_and_seeded() -> None:
     dataset = _dataset()
     ids = dev_subcorpus_ids(dataset, "test", n_random=5, seed=0, extra_ids=["p25", "missing"])

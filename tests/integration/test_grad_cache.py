@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -228,3 +229,22 @@ def test_grad_cache_config() -> None:
             grad_cache_chunk_size({"grad_cache": {"chunk_size": bad}})
     with pytest.raises(ConfigError, match="chunk_size"):
         make_system(make_encoder(False), 0, None)
+
+
+def test_grad_cache_equals_plain_step_with_multi_positive_groups() -> None:
+    """data.positives=multi: extra positives ride in flagged slots after the negatives; the cached step still
+    equals the plain one, and the multi-positive loss differs from the single-positive one."""
+    groups = [
+        replace(g, extra_positives=(Passage(f"e{i}", text(i + 50, 3)),) * (i % 3 != 0))
+        for i, g in enumerate(make_groups())
+    ]
+    encoder = make_encoder(False)
+    multi = GroupCollator(encoder.tokenize, SLOTS, 1)(groups)
+    assert multi["pos_slot"].sum() == 4
+    plain = step(make_system(copy.deepcopy(encoder), None, None), multi, seed=0)
+    cached = step(make_system(copy.deepcopy(encoder), 2, None), multi, seed=0)
+    assert_same(plain, cached)
+    single = step(
+        make_system(copy.deepcopy(encoder), None, None), GroupCollator(encoder.tokenize, SLOTS)(groups), 0
+    )
+    assert not torch.allclose(plain[0], single[0])

@@ -222,7 +222,7 @@ def test_collated_batches_carry_the_keys_of_every_judged_positive() -> None:
     corpus = {f"d{i}": Passage(f"d{i}", f"text {i}") for i in range(5)}
     split = RetrievalSplit(
         queries={"q0": Query("q0", "a"), "q1": Query("q1", "b")},
-        qrels={"q0": {"d0": 1, "d1": 2, "d4": 0, "gone": 1}, "q1": {"d1": 1}},
+        qrels={"q0": {"d0": 1, "d1": 1, "d4": 0, "gone": 1}, "q1": {"d1": 1}},  # one grade: first = d0
     )
     dataset = RetrievalDataset("t", corpus, {"train": split})
     generated = {"q0": [Negative("made up", NegativeSource.GENERATED)]}

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ from causalneg.data.mining.filters import Candidate, FilterConfig, RankedCandida
 from causalneg.data.readers import check_string
 from causalneg.data.selection import Selection
 from causalneg.errors import ConfigError, DataError
+from causalneg.precision import encode_device_type, resolve_precision
 from causalneg.records import RetrievalDataset
 
 if TYPE_CHECKING:
@@ -79,6 +80,12 @@ class MiningSpec:
         for block, keys in IGNORED_KEYS.items():
             if isinstance(mining.get(block), dict):
                 mining[block] = {k: v for k, v in mining[block].items() if k not in keys}
+        dense = mining.get("dense")
+        if (
+            isinstance(dense, dict) and "precision" in dense
+        ):  # the resolved one: auto on fp32 = today's fingerprint
+            dense = mining["dense"] = dict(dense)
+            dense["precision"] = resolve_precision(str(dense["precision"]), encode_device_type(), "encode")
         return mining
 
 
@@ -135,7 +142,7 @@ def _retrieve(
     encoder: Callable[[], DualEncoder],
     distributed: bool = False,
 ) -> list[RankedCandidates]:
-    mining = spec.settings
+    mining = spec.config  # dense.precision resolved (auto -> bf16 only on native bf16)
     top_k = int(mining.get("top_k", 100))
     if spec.method == "bm25":
         return mine_bm25(dataset, spec.split, query_ids, top_k, bm25_options(dict(mining)))
@@ -158,6 +165,14 @@ def _retrieve(
         shard_size=dense.get("shard_size"),
         distributed=distributed,
     )
+
+
+def with_grades(ranked: list[RankedCandidates], qrels: dict[str, dict[str, int]]) -> list[RankedCandidates]:
+    """Each query's positives' qrels grades attached (``mining.positive_score=best_graded``)."""
+    return [
+        replace(r, positive_grades={p: int(qrels.get(r.query_id, {}).get(p, 1)) for p in r.positive_ids})
+        for r in ranked
+    ]
 
 
 def mined_rows(ranked: list[RankedCandidates], kept: dict[str, list[Candidate]]) -> list[dict[str, Any]]:
@@ -214,6 +229,7 @@ def ensure_mined(
     if distributed and _rank() != 0:
         _barrier()  # rank 0 writes the artifact
         return directory
+    ranked = with_grades(ranked, dataset.split(str(manifest.config["split"])).qrels)
     kept, counts = filter_all(ranked, filter_config(manifest.config))
     manifest.counts = {**counts, "seconds": round(time.perf_counter() - started, 3)}
     try:

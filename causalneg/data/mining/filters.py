@@ -15,12 +15,14 @@ under the first rule that drops it:
    applied to that query, which is counted in ``relative_margin_undefined``;
 5. ``max_per_query``: keep the first N survivors.
 
-``s_pos`` is the *best* positive's score by default (``positive_score="max"``); ``"min"`` applies the rule
-for every positive (NV-Retriever defines it per (query, positive) pair, and a query's negatives are shared by
-all its positives). ``"min"`` is stricter than it looks on multi-positive data: with BM25 on HotpotQA train,
-where the second supporting paragraph often shares few words with the question, ``min`` drops 17% of the
-candidates and leaves 106 of 1,153 questions with none; ``max`` drops 1% and leaves 1 (SciFact: 58 vs 47 of
-809 empty; Semanlink: 474 vs 304 of 6,680).
+``s_pos`` is the *best* positive's score by default (``positive_score="max"``); ``"best_graded"`` is the best
+score among the positives of the query's highest relevance grade (graded qrels: a grade-1 passage that the
+retriever ranks above the grade-2 one must not set the bar; with one grade it equals ``"max"``); ``"min"``
+applies the rule for every positive (NV-Retriever defines it per (query, positive) pair, and a query's
+negatives are shared by all its positives). ``"min"`` is stricter than it looks on multi-positive data: with
+BM25 on HotpotQA train, where the second supporting paragraph often shares few words with the question,
+``min`` drops 17% of the candidates and leaves 106 of 1,153 questions with none; ``max`` drops 1% and leaves 1
+(SciFact: 58 vs 47 of 809 empty; Semanlink: 474 vs 304 of 6,680).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+POSITIVE_SCORES = ("max", "min", "best_graded")
 SKIP_REASONS = (
     "positive",
     "below_rank_min",
@@ -44,12 +47,14 @@ SKIP_REASONS = (
 @dataclass(frozen=True)
 class RankedCandidates:
     """One query's retrieval result: ``candidates`` best first (positives may be among them) and the score of
-    every judged positive under the same retriever (whether or not it was retrieved)."""
+    every judged positive under the same retriever (whether or not it was retrieved). ``positive_grades``: the
+    qrels grade of each positive (``positive_score="best_graded"``; a missing grade counts as 1)."""
 
     query_id: str
     positive_ids: tuple[str, ...]
     candidates: tuple[tuple[str, float], ...]
     positive_scores: Mapping[str, float] = field(default_factory=dict)
+    positive_grades: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class FilterConfig:
     rank_max: int | None = None
     absolute_margin: float | None = None
     relative_margin: float | None = None
-    positive_score: Literal["min", "max"] = "max"
+    positive_score: Literal["min", "max", "best_graded"] = "max"
     max_per_query: int | None = None
 
     def __post_init__(self) -> None:
@@ -79,8 +84,8 @@ class FilterConfig:
             raise ValueError(f"relative_margin must be in (0, 1], got {self.relative_margin}")
         if self.absolute_margin is not None and self.absolute_margin < 0:
             raise ValueError(f"absolute_margin must be >= 0, got {self.absolute_margin}")
-        if self.positive_score not in ("min", "max"):
-            raise ValueError(f"positive_score must be 'min' or 'max', got {self.positive_score!r}")
+        if self.positive_score not in POSITIVE_SCORES:
+            raise ValueError(f"positive_score must be one of {POSITIVE_SCORES}, got {self.positive_score!r}")
         if self.max_per_query is not None and self.max_per_query < 1:
             raise ValueError(f"max_per_query must be >= 1 or None, got {self.max_per_query}")
 
@@ -100,9 +105,13 @@ def margin_limits(positive_score: float, config: FilterConfig) -> tuple[float, f
 
 
 def _reference_score(ranked: RankedCandidates, config: FilterConfig) -> float:
-    scores = [ranked.positive_scores[p] for p in ranked.positive_ids if p in ranked.positive_scores]
-    if not scores:
+    scored = [p for p in ranked.positive_ids if p in ranked.positive_scores]
+    if not scored:
         raise ValueError(f"query {ranked.query_id!r}: margins need the positives' scores, none was given")
+    if config.positive_score == "best_graded":
+        top = max(ranked.positive_grades.get(p, 1) for p in scored)
+        scored = [p for p in scored if ranked.positive_grades.get(p, 1) == top]
+    scores = [ranked.positive_scores[p] for p in scored]
     return min(scores) if config.positive_score == "min" else max(scores)
 
 
