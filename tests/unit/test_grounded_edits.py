@@ -562,3 +562,13 @@ def test_a_general_word_for_a_specific_term_is_generic() -> None:
         "activation", common, "T cell tolerance", (), document_frequency=df, generic_df=0.1
     ).kept
     assert check_substitute("protein", span, *args, document_frequency=df).kept
+
+
+def test_a_surname_is_replaced_only_where_it_is_written_as_a_name() -> None:
+    """ "Toad Hall" (read as a person by spaCy) -> "Winston Churchill" made "a residential Churchill" (HotpotQA)."""
+    text = "Toad Hall. Toad Hall is a residential hall in ANU. Hall was opened in 1974."
+    edit = E.replace_mentions(text, Span("Toad Hall", "person", 0), "Winston Churchill")
+    assert edit.text == (
+        "Winston Churchill. Winston Churchill is a residential hall in ANU. Churchill was opened in 1974."
+    )
+    assert E.remaining_mentions(edit.text, Span("Toad Hall", "person", 0), "Winston Churchill") == []

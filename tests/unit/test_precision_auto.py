@@ -11,10 +11,10 @@ from omegaconf import DictConfig
 
 from causalneg import precision
 from causalneg.data.mining.artifact import mining_manifest
-from causalneg.stages.specs import mining_spec, selection
 from causalneg.evaluation.encoding import canonical_precision
 from causalneg.precision import cpu_flags, resolve_config, resolve_precision
 from causalneg.records import Passage, Query, RetrievalDataset, RetrievalSplit
+from causalneg.stages.specs import mining_spec, selection
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

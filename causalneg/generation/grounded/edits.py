@@ -74,6 +74,12 @@ def _pattern(phrase: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w]){body}(?![\w])", re.IGNORECASE)
 
 
+def _surname_pattern(surname: str) -> re.Pattern[str]:
+    """A surname alone, as a name is written: capitalised, case-sensitive ("Hall" in "Toad Hall", not the "hall"
+    of "a residential hall")."""
+    return re.compile(rf"(?<![\w]){re.escape(surname)}(?![\w])")
+
+
 def _inflected(mention: str, target: str, replacement: str) -> str:
     """``replacement`` in the number of ``mention``: a plural mention of a singular target gets a plural
     ("elongation rates" -> "transcription rates" for "elongation rate" -> "transcription rate")."""
@@ -305,7 +311,7 @@ def replace_mentions(text: str, span: Span, substitute: str) -> Edit:
     # other substitute leaves the surname, and verification rejects the edit (mention_left).
     substitute_surname = surname_of(replacement) if looks_like_person_name(replacement) else None
     if surname and substitute_surname:
-        new, more = _pattern(surname).subn(lambda _m: substitute_surname, new)
+        new, more = _surname_pattern(surname).subn(lambda _m: substitute_surname, new)
         count += more
     for abbreviation in [*defined, *before]:
         new, more = _abbreviation_pattern(abbreviation).subn(lambda _m: replacement, new)
@@ -359,7 +365,7 @@ def remaining_mentions(
     if _pattern(span.text).search(text):
         left.append(span.text)
     surname = surname_of(span.text) if span.is_person else None
-    if surname and _pattern(surname).search(text) and surname.lower() not in substitute.lower():
+    if surname and _surname_pattern(surname).search(text) and surname.lower() not in substitute.lower():
         left.append(surname)
     sub_words = {w.lower() for w in _WORD.findall(substitute)} | set(content_tokens(substitute))
     for word in _WORD.findall(span.text):  # a derived form of a proper name: "Russian(s)" for "Russia"
