@@ -5,9 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from causalneg.errors import ConfigError
+from causalneg.precision import (
+    AUTO,
+    Kind,
+    encode_device_type,
+    native_bf16_cpu,
+    resolve_precision,
+    trainer_device_type,
+)
 
 
 def register_resolvers() -> None:
@@ -57,3 +66,35 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+# (config path, kind, device) of every precision key a stage reads.
+PRECISION_KEYS: tuple[tuple[str, Kind], ...] = (
+    ("trainer.precision", "trainer"),
+    ("eval.precision", "encode"),
+    ("mining.dense.precision", "encode"),
+)
+
+
+def resolve_precisions(cfg: DictConfig) -> dict[str, str]:
+    """Rewrite every ``auto`` precision of ``cfg`` in place (:mod:`causalneg.precision`: bf16 only where native);
+    returns ``{key: resolved}`` for the keys that were ``auto``. Run once per stage, before anything reads them, so
+    the logged parameters and every artifact fingerprint hold the resolved precision."""
+    resolved: dict[str, str] = {}
+    for key, kind in PRECISION_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value != AUTO:
+            continue
+        accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu") or "cpu")
+        device = trainer_device_type(accelerator) if kind == "trainer" else encode_device_type()
+        resolved[key] = resolve_precision(AUTO, device, kind)
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, resolved[key], merge=False)
+    if resolved:
+        native = "native bf16" if native_bf16_cpu() else "no native bf16 (no AMX/AVX512-BF16)"
+        chosen = ", ".join(f"{k}={v}" for k, v in resolved.items())
+        print(
+            f"[causalneg] precision auto (CPU: {native}; CUDA: {torch.cuda.is_available()}): {chosen}",
+            flush=True,
+        )
+    return resolved

@@ -6,8 +6,8 @@ elsewhere.
   ``experiments/bench_throughput.py``: MiniLM training 15-17x slower here), so ``auto`` picks fp32 there.
 - CUDA: bf16 where the GPU supports it (``torch.cuda.is_bf16_supported()``, Ampere and later).
 
-:func:`resolve_config` rewrites every ``auto`` in a composed config to what it resolves to on this machine, once,
-before a stage runs: the run's logged parameters and every artifact fingerprint (mining's
+:func:`causalneg.config.resolve_precisions` rewrites every ``auto`` in a composed config to what it resolves to
+on this machine, once, before a stage runs: the run's logged parameters and every artifact fingerprint (mining's
 ``dense.precision``, the embedding-cache keys) then hold the resolved precision, so an fp32 run under ``auto``
 keeps the fingerprints that an explicit ``32-true`` has, and a bf16 run gets its own.
 """
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
 
 AUTO = "auto"
 Kind = Literal["trainer", "encode"]
@@ -65,9 +64,8 @@ def resolve_precision(value: str, device_type: str, kind: Kind) -> str:
     return bf16 if bf16_native(device_type) else fp32
 
 
-def trainer_device_type(trainer: DictConfig | None) -> str:
+def trainer_device_type(accelerator: str = "cpu") -> str:
     """Where the Trainer computes: ``cuda`` for a gpu/cuda accelerator (or ``auto`` with a GPU), else ``cpu``."""
-    accelerator = str(trainer.get("accelerator", "cpu")) if trainer is not None else "cpu"
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return "cuda"
     return "cpu"
@@ -76,33 +74,3 @@ def trainer_device_type(trainer: DictConfig | None) -> str:
 def encode_device_type() -> str:
     """Where encoders compute outside the Trainer (evaluation, dense mining): the GPU when there is one."""
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# (config path, kind, device) of every precision key a stage reads.
-KEYS: tuple[tuple[str, Kind], ...] = (
-    ("trainer.precision", "trainer"),
-    ("eval.precision", "encode"),
-    ("mining.dense.precision", "encode"),
-)
-
-
-def resolve_config(cfg: DictConfig) -> dict[str, str]:
-    """Rewrite every ``auto`` precision of ``cfg`` in place (module docstring); returns ``{key: resolved}`` for
-    the keys that were ``auto``."""
-    resolved: dict[str, str] = {}
-    for key, kind in KEYS:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value != AUTO:
-            continue
-        device = trainer_device_type(cfg.get("trainer")) if kind == "trainer" else encode_device_type()
-        resolved[key] = resolve_precision(AUTO, device, kind)
-        with open_dict(cfg):
-            OmegaConf.update(cfg, key, resolved[key], merge=False)
-    if resolved:
-        native = "native bf16" if native_bf16_cpu() else "no native bf16 (no AMX/AVX512-BF16)"
-        chosen = ", ".join(f"{k}={v}" for k, v in resolved.items())
-        print(
-            f"[causalneg] precision auto (CPU: {native}; CUDA: {torch.cuda.is_available()}): {chosen}",
-            flush=True,
-        )
-    return resolved

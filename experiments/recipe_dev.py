@@ -42,8 +42,8 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
 import causalneg.config  # noqa: F401  (registers the config resolvers)
+from causalneg.config import resolve_precisions
 from causalneg.data.datamodule import RetrievalDataModule
-from causalneg.precision import resolve_config
 from causalneg.stages.common import artifact_sources, build_encoder, load_dataset
 from causalneg.stages.specs import data_settings
 from causalneg.stages.train import build_system
@@ -80,7 +80,7 @@ def compose_cfg(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="run", overrides=overrides)
-    resolve_config(cfg)  # precision: auto, as the stages resolve it
+    resolve_precisions(cfg)  # precision: auto, as the stages resolve it
     return cfg
 
 

@@ -8,9 +8,8 @@ from typing import Any
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from causalneg.config import check_required
+from causalneg.config import check_required, resolve_precisions
 from causalneg.errors import CausalNegError, ConfigError
-from causalneg.precision import resolve_config
 
 STAGES = ("train", "evaluate", "mine", "generate", "diagnose", "compare")
 
@@ -20,7 +19,7 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
     if stage not in STAGES:
         raise ConfigError(f"unknown stage={stage!r}; choose one of: {', '.join(STAGES)}")
     check_required(cfg)
-    resolve_config(
+    resolve_precisions(
         cfg
     )  # precision: auto -> what this machine computes natively (logged params, fingerprints)
     module = importlib.import_module(f"causalneg.stages.{stage}")

@@ -10,9 +10,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from causalneg import precision
+from causalneg.config import resolve_precisions as resolve_config
 from causalneg.data.mining.artifact import mining_manifest
 from causalneg.evaluation.encoding import canonical_precision
-from causalneg.precision import cpu_flags, resolve_config, resolve_precision
+from causalneg.precision import cpu_flags, resolve_precision
 from causalneg.records import Passage, Query, RetrievalDataset, RetrievalSplit
 from causalneg.stages.specs import mining_spec, selection
 
