@@ -49,16 +49,16 @@ def launch_two_nodes(out_dir: Path, case: str) -> None:
         assert proc.returncode == 0, out[-4000:]
 
 
-@pytest.mark.parametrize("case", ["in_batch+entropy", "in_batch+masking"])
+@pytest.mark.parametrize("case", ["in_batch+entropy", "in_batch+masking", "in_batch+masking+multi"])
 def test_two_nodes_match_single_process(tmp_path: Path, case: str) -> None:
     launch_two_nodes(tmp_path, case)
     ranks = [torch.load(tmp_path / f"{case}.rank{r}.pt") for r in range(NODES)]
     assert [r["world_size"] for r in ranks] == [NODES, NODES]
     assert sorted(r["node_rank"] for r in ranks) == [0, 1]  # one rank per node: Lightning read GROUP_RANK
 
-    in_batch, weight, masking = CASES[case]
+    in_batch, weight, masking, multi = CASES[case]
     encoder = make_encoder()
-    loss, entropy = step(encoder, make_data(), in_batch, weight, masking)
+    loss, entropy = step(encoder, make_data(), in_batch, weight, masking, multi)
     two_node_loss = sum(r["loss"] for r in ranks) / NODES
     assert torch.allclose(two_node_loss, loss, atol=1e-5, rtol=0), (two_node_loss, loss)
     if weight:
