@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from causalneg.errors import ConfigError
@@ -94,7 +93,7 @@ def resolve_precisions(cfg: DictConfig) -> dict[str, str]:
         native = "native bf16" if native_bf16_cpu() else "no native bf16 (no AMX/AVX512-BF16)"
         chosen = ", ".join(f"{k}={v}" for k, v in resolved.items())
         print(
-            f"[causalneg] precision auto (CPU: {native}; CUDA: {torch.cuda.is_available()}): {chosen}",
+            f"[causalneg] precision auto (CPU: {native}; CUDA: {encode_device_type() == 'cuda'}): {chosen}",
             flush=True,
         )
     return resolved
