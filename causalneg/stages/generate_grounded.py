@@ -20,7 +20,7 @@ from causalneg.config import plain_dict
 from causalneg.errors import ConfigError
 from causalneg.generation.artifact import journal_path
 from causalneg.generation.backends.base import GenerationBackend
-from causalneg.generation.grounded.inputs import build_items, document_frequency
+from causalneg.generation.grounded.inputs import bm25_neighbours, build_items, document_frequency
 from causalneg.generation.grounded.pipeline import GroundedItem, GroundedSettings, Similarity, run_grounded
 from causalneg.generation.grounded.verify import VerifyConfig
 from causalneg.generation.pipeline import PipelineResult
@@ -52,6 +52,7 @@ def grounded_settings(cfg: DictConfig) -> GroundedSettings:
         max_sentences=int(gen.max_sentences),
         min_overlap=float(gen.min_overlap),
         use_spacy=bool(gen.get("use_spacy", True)),
+        corpus_substitutes=int((gen.get("corpus_substitutes") or {}).get("tries", 0)),
         verify=VerifyConfig(**plain_dict(gen.verify)),
         **request_settings(gen, ("decompose", "substitute")),
     )
@@ -96,7 +97,11 @@ def grounded_worker_parts(
 def _items(plan: GenerationPlan, dataset: RetrievalDataset, spec: ShardSpec | None) -> list[GroundedItem]:
     """The selected queries' items (a shard ``spec``: its contiguous slice of them)."""
     profile = resolve_profile(plan.spec.settings.get("profile"), dataset.name)
-    items = build_items(dataset, plan.spec.split, list(plan.selection.query_ids), profile)
+    query_ids = list(plan.selection.query_ids)
+    siblings = plan.spec.settings.get("corpus_substitutes") or {}
+    count = int(siblings.get("neighbours", 0)) if int(siblings.get("tries", 0)) > 0 else 0
+    neighbours = bm25_neighbours(dataset, plan.spec.split, query_ids, count)
+    items = build_items(dataset, plan.spec.split, query_ids, profile, neighbours)
     return shard_items(items, spec) if spec is not None and not spec.is_merge else items
 
 

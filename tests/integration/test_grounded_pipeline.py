@@ -284,3 +284,36 @@ def test_no_answer_sentence_drop_when_the_title_names_the_answer() -> None:
     assert _about_the_answer("Gerald McRaney", ["Gerald Lee McRaney"])
     assert not _about_the_answer("Chuck Taylor (wrestler)", ["15"])
     assert not _about_the_answer("", ["Gerald Lee McRaney"])
+
+
+class FailingSubstitutes(ScriptedBackend):
+    """Every LLM substitute is the span itself (rejected: it overlaps the original)."""
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], schema: type[BaseModel], sampling: SamplingConfig
+    ) -> list[RawOutput]:
+        outputs = super().generate(requests, schema, sampling)
+        return [
+            RawOutput(o.key, json.dumps({"substitutes": ["Bruce Willis"]}), 10)
+            if "substitutes" in o.text
+            else o
+            for o in outputs
+        ]
+
+
+def test_a_span_whose_llm_substitutes_fail_gets_siblings_from_the_neighbours(tmp_path: Path) -> None:
+    neighbours = ("Glass (2019 film). Glass stars James McAvoy, Samuel L. Jackson and Anya Taylor-Joy.",)
+    item = GroundedItem(ITEM.query_id, ITEM.query, ITEM.positives, ITEM.answers, neighbours=neighbours)
+    # spaCy reads the title "Glass" as a person: the first sibling tried, rejected as no person's name
+    settings = GroundedSettings(
+        progress=False, corpus_substitutes=3, verify=VerifyConfig(relative_margin=None)
+    )
+    result = run_grounded([item], FailingSubstitutes(), RequestStore(tmp_path / "j.jsonl"), settings)
+    swaps = [n for n in result.rows[0]["negatives"] if n["strategy_type"] == "entity_shift"]
+    assert [n["edit"]["replacement"] for n in swaps] == ["James McAvoy", "Samuel L. Jackson"]
+    assert all(n["substitute_source"] == "corpus" and "Bruce Willis" not in n["text"] for n in swaps)
+    assert result.counts["stats"]["substitutes/from_corpus"] == 2
+    assert any(r.get("substitute_source") == "corpus" for r in result.rejected)
+    # off (the default of GroundedSettings) or without neighbours: the LLM's substitutes only
+    off = run_grounded([item], FailingSubstitutes(), RequestStore(tmp_path / "k.jsonl"), _settings())
+    assert not [n for n in off.rows[0]["negatives"] if n["strategy_type"] == "entity_shift"]

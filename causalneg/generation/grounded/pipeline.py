@@ -16,7 +16,9 @@ system prompt and the passage across the query's calls):
    it (the issue's "remove the sentence that carries the answer"; provenance ``requirement_source: answer``).
    A query still short of ``min_kept`` kept negatives gets, once per span that gave a kept edit, a request for
    other substitutes, then substitutes for up to ``fallback_spans`` query-named spans that no critical
-   requirement anchored (``requirement_source: query_span``).
+   requirement anchored (``requirement_source: query_span``). A span whose LLM substitutes all fail gets up to
+   ``corpus_substitutes`` siblings from the query's BM25 neighbours instead (:mod:`.siblings`; provenance
+   ``substitute_source: corpus``), checked like the LLM's.
 4. **Verify** (:mod:`.verify`): cheap checks, then the encoder's false-negative guard, then the LLM judge.
 
 Every LLM call goes through the :class:`~causalneg.generation.store.RequestStore` (the judge's scores too), so an
@@ -46,6 +48,7 @@ from causalneg.generation.grounded import edits as E
 from causalneg.generation.grounded.schemas import (
     JUDGE_CHOICES,
     MAX_REQUIREMENTS,
+    MAX_SUBSTITUTES,
     MIN_REQUIREMENTS,
     REPLACE_STRATEGIES,
     REQUIREMENT_CHARS,
@@ -55,6 +58,7 @@ from causalneg.generation.grounded.schemas import (
     requirements_of,
     sentence_label,
 )
+from causalneg.generation.grounded.siblings import rank_siblings, sibling_candidates
 from causalneg.generation.grounded.spans import (
     Span,
     content_tokens,
@@ -65,11 +69,13 @@ from causalneg.generation.grounded.spans import (
 from causalneg.generation.grounded.verify import (
     NUMERIC_KINDS,
     VerifyConfig,
+    check_core,
     check_edit,
     check_judge,
     check_same_thing,
     check_similarity,
     check_substitute,
+    core_sentences,
 )
 from causalneg.generation.grounded.vocabulary import CorpusVocabulary
 from causalneg.generation.pipeline import PipelineResult
@@ -101,6 +107,9 @@ class GroundedSettings:
     source: str = "generated"
     backend_signature: str = ""
     use_spacy: bool = True
+    corpus_substitutes: int = (
+        0  # siblings from the item's neighbours tried per span whose LLM substitutes failed
+    )
     progress: bool = True
     sampling: dict[str, SamplingConfig] = field(default_factory=dict)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
@@ -121,6 +130,9 @@ class GroundedItem:
     answers: tuple[str, ...] = ()
     profile: str = "generic"
     titles: tuple[str, ...] = ()  # each positive's title (its text starts with "title. "), or empty
+    neighbours: tuple[
+        str, ...
+    ] = ()  # BM25's top passages for the query, judged positives left out (siblings)
 
 
 @dataclass
@@ -132,6 +144,7 @@ class _Evidence:
 
     answers: tuple[str, ...] = ()
     title: str = ""
+    core: list[str] | None = None  # the sentences an edit must change (verify.core_sentences); None: not yet
 
     @property
     def sentence_options(self) -> dict[str, str]:
@@ -430,25 +443,7 @@ def _substitute(
             if substitute.lower() in {u.lower() for u in used}:
                 run.stats["substitutes/repeated"] += 1
                 continue
-            verdict = check_substitute(
-                substitute,
-                span,
-                item.query,
-                item.answers,
-                evidence.passage,
-                run.document_frequency,
-                run.settings.verify.query_df,
-                run.corpus_names,
-                run.settings.verify.generic_df,
-            )
-            if (
-                verdict.kept
-                and _may_be_a_synonym(span)
-                and run.settings.verify.same_thing_threshold is not None
-            ):
-                p_same = _same_thing(run, item, span, substitute)
-                run.same_thing[f"{span.text} -> {substitute}"] = round(p_same, 4)
-                verdict = check_same_thing(p_same, run.settings.verify)
+            verdict = _check_substitute(run, item, evidence, span, substitute)
             if verdict.kept:
                 valid.append(substitute)
             else:
@@ -463,6 +458,52 @@ def _substitute(
             {"role": "user", "content": feedback},
         ]
     return None
+
+
+def _check_substitute(
+    run: _Run, item: GroundedItem, evidence: _Evidence, span: Span, substitute: str
+) -> Verdict:
+    """The substitute rules (:func:`.verify.check_substitute`), then the LLM's same-thing check."""
+    verdict = check_substitute(
+        substitute,
+        span,
+        item.query,
+        item.answers,
+        evidence.passage,
+        run.document_frequency,
+        run.settings.verify.query_df,
+        run.corpus_names,
+        run.settings.verify.generic_df,
+    )
+    if verdict.kept and _may_be_a_synonym(span) and run.settings.verify.same_thing_threshold is not None:
+        p_same = _same_thing(run, item, span, substitute)
+        run.same_thing[f"{span.text} -> {substitute}"] = round(p_same, 4)
+        verdict = check_same_thing(p_same, run.settings.verify)
+    return verdict
+
+
+def _corpus_substitutes(
+    run: _Run, item: GroundedItem, evidence: _Evidence, span: Span, used: Sequence[str]
+) -> list[str]:
+    """Up to :data:`MAX_SUBSTITUTES` valid siblings of ``span`` from ``item.neighbours``, most similar first,
+    at most ``corpus_substitutes`` of them checked (:mod:`.siblings`)."""
+    tried = {u.lower() for u in used}
+    candidates = [
+        c
+        for c in sibling_candidates(span, item.neighbours, run.settings.use_spacy)
+        if c.lower() not in tried and not E.mentions(evidence.passage, c)
+    ]
+    run.stats["substitutes/corpus_candidates"] += len(candidates)
+    valid: list[str] = []
+    for substitute in rank_siblings(span, candidates, run.similarity)[: run.settings.corpus_substitutes]:
+        verdict = _check_substitute(run, item, evidence, span, substitute)
+        if not verdict.kept:
+            run.reject(item, "substitute", verdict, span=span.text, substitute_source="corpus")
+            continue
+        valid.append(substitute)
+        if len(valid) >= MAX_SUBSTITUTES:
+            break
+    return valid
 
 
 # Asked of every substitute that passed the rules: the 1.5B proposes synonyms ("T cells" -> "T lymphocytes",
@@ -557,9 +598,14 @@ def _substitute_edits(
     """One replacement edit per valid substitute of ``span`` (``used``: ask for others than these)."""
     found = _substitute(run, item, evidence, span, info["requirement"], used)
     if found is None:
-        return []
-    substitutes, output = found
-    provenance = {**info, "span_kind": span.kind, "substitute_request_key": output.key}
+        if run.settings.corpus_substitutes <= 0 or not item.neighbours:
+            return []
+        substitutes = _corpus_substitutes(run, item, evidence, span, used)
+        run.stats["substitutes/from_corpus"] += len(substitutes)
+        provenance = {**info, "span_kind": span.kind, "substitute_source": "corpus"}
+    else:
+        substitutes, output = found
+        provenance = {**info, "span_kind": span.kind, "substitute_request_key": output.key}
     return [
         {
             "edit": E.replace_mentions(evidence.passage, span, x),
@@ -662,6 +708,9 @@ def _verify(
     sims: list[float] = []
     if passing and run.similarity is not None:
         sims = run.similarity(item.query, [evidence.passage, *[c["edit"].text for c in passing]])
+        if evidence.core is None:
+            sentences = split_sentences(evidence.passage)
+            evidence.core = core_sentences(sentences, run.similarity(item.query, sentences), cfg)
     kept: list[dict[str, Any]] = []
     for i, candidate in enumerate(passing):
         if len(kept) + len(already) >= run.settings.num_negatives:
@@ -680,6 +729,8 @@ def _verify(
                 "query_positive": round(sims[0], 4),
             }
             verdict = check_similarity(sims[i + 1], sims[0], cfg)
+            if verdict.kept:
+                verdict = check_core(edit.text, evidence.core or [])
             if not verdict.kept:
                 run.reject(item, "verify", verdict, **record)
                 continue

@@ -263,6 +263,44 @@ def entity_kind(text: str) -> str | None:
     return None
 
 
+# What a passage calls a work: "In Person is a 1935 film", "Wangaratta Wahine is an album by".
+_WORK_NOUNS = (
+    "film|movie|album|song|single|novel|book|series|show|play|musical|opera|game|EP|documentary|sitcom|"
+    "magazine|newspaper|poem|painting|miniseries|soundtrack|mixtape|anthology|comic"
+)
+
+_AFTER_WORK = (
+    "by|from|written|directed|starring|released|recorded|produced|composed|created|based|about|that|which|of|"
+    "and|in|on|for|with|set|featuring|performed|sung|adapted"
+)
+
+
+def defined_as_work(span_text: str, passage: str) -> bool:
+    """Whether ``passage`` defines ``span_text`` as a work ("<span> (film) is a 1935 film"): spaCy's small model
+    reads such titles as persons ("In Person", "Wangaratta Wahine")."""
+    modifier = r"(?:(?!(?:of|in|by|for|with|who|which|that|from|on|at|and|or|about)\b)[\w'’-]+\s+)"
+    pattern = (  # the work noun heads the predicate: "is a 1935 American film", not "is a character in the novel"
+        rf"(?<!\w){re.escape(span_text)}(?:\s*\([^)]*\))?\s+(?:is|was)\s+(?:a|an|the)\s+{modifier}{{0,5}}"
+        rf"(?:{_WORK_NOUNS})s?(?=\s*[,.;:(]|\s+(?:{_AFTER_WORK})\b|\s*$)"  # "a novel therapeutic target": no
+    )
+    return re.search(pattern, passage) is not None
+
+
+def context_kind(sentence: str, phrase: str) -> str | None:
+    """The kind (:data:`ENTITY_LABELS`) spaCy gives the entity that ends where ``phrase`` ends in ``sentence``
+    (the phrase's first occurrence), else None (also without spaCy): "SeaWorld creator George Millay" reads as a
+    person in "founded by SeaWorld creator George Millay", "Orlando Magic" as an organization in its place."""
+    nlp = _spacy_pipeline()
+    at = sentence.find(phrase)
+    if nlp is None or at < 0 or not phrase.strip():
+        return None
+    end = at + len(phrase.rstrip())
+    for ent in nlp(sentence).ents:
+        if ent.start_char < end and ent.end_char >= end - 1 and ent.end_char > at:
+            return ENTITY_LABELS.get(ent.label_)
+    return None
+
+
 def looks_like_person_name(text: str) -> bool:
     """2-4 capitalised words, no digits, no possessive, colon or leading article: "Samuel L. Jackson" yes,
     "Uncle Tom's Cabin" and "The Godfather" no."""
@@ -279,7 +317,8 @@ def extract_spans(text: str, use_spacy: bool = True) -> list[Span]:
     """Candidate spans of ``text``, first mention of each distinct string, in order of position.
 
     Entities (spaCy) win over noun chunks and regex runs for the same string, so a span's ``kind`` is its most
-    specific label. Spans shorter than 2 or longer than 80 characters are dropped.
+    specific label; a person or name that the passage defines as a work (:func:`defined_as_work`) is a work.
+    Spans shorter than 2 or longer than 80 characters are dropped.
     """
     found: dict[str, Span] = {}
 
@@ -317,6 +356,9 @@ def extract_spans(text: str, use_spacy: bool = True) -> list[Span]:
         add(match.group(0), kind, match.start())
     for match in _NUMBER.finditer(text):
         add(match.group(0), "number", match.start())
+    for key, span in found.items():  # a title the passage defines as a work is one, whatever spaCy read
+        if span.kind in ("person", "name") and defined_as_work(span.text, text):
+            found[key] = Span(span.text, "work", span.start, span.query_overlap)
     return sorted(found.values(), key=lambda s: (s.start, -len(s.text)))
 
 
@@ -355,7 +397,7 @@ def query_side_spans(
 
 def extractor_version() -> str:
     """What determines the kept edits besides the config and the LLM's answers: the code of this package's
-    modules (spans, edits, verification, pipeline, inputs) and the spaCy pipeline's version."""
+    modules (spans, edits, verification, pipeline, inputs, siblings) and the spaCy pipeline's version."""
     from pathlib import Path
 
     from causalneg.artifacts import fingerprint
@@ -365,7 +407,7 @@ def extractor_version() -> str:
     parts = {
         "code": {
             name: (here / name).read_text(encoding="utf-8")
-            for name in ("spans.py", "edits.py", "verify.py", "pipeline.py", "inputs.py")
+            for name in ("spans.py", "edits.py", "verify.py", "pipeline.py", "inputs.py", "siblings.py")
         },
         "spacy": None if nlp is None else f"{nlp.meta.get('name')}-{nlp.meta.get('version')}",
     }
