@@ -108,12 +108,28 @@ def journal_of(cfg: Any, dataset: Any) -> Path:
     return journal_path(generation_spec(cfg), dataset)
 
 
+def merge_journal(into: Path, other: Path) -> int:
+    """Append to ``into`` every line of ``other`` whose request key ``into`` lacks; returns how many. Two
+    machines or two homes that extended the same journal (the study and a check) are merged without loss."""
+    if not other.is_file():
+        return 0
+    into.parent.mkdir(parents=True, exist_ok=True)
+    have = {json.loads(line)["key"] for line in read_lines(into)}
+    new = [line for line in read_lines(other) if json.loads(line)["key"] not in have]
+    with into.open("a", encoding="utf-8") as handle:
+        handle.writelines(f"{line}\n" for line in new)
+    return len(new)
+
+
+def read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def sync_journal(live: Path, committed: Path) -> None:
-    """Seed the live journal from the committed one (resume on a fresh machine), then keep the longer one."""
-    live.parent.mkdir(parents=True, exist_ok=True)
-    committed.parent.mkdir(parents=True, exist_ok=True)
-    if committed.is_file() and (not live.is_file() or live.stat().st_size < committed.stat().st_size):
-        shutil.copyfile(committed, live)
+    """Seed the live journal with the committed one's requests (resume on a fresh machine)."""
+    merge_journal(live, committed)
 
 
 def generate(dataset: str, method: str, limit: int, home: str, threads: int = 2) -> None:
@@ -322,10 +338,10 @@ def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
     sync_journal(journal, committed)
     if not args.skip_generate:
         generate(name, "grounded", args.limit, args.home, args.threads)
-        shutil.copyfile(journal, committed)
+        merge_journal(committed, journal)
         if args.naive_limit:
             generate(name, "naive", args.naive_limit, args.home, args.threads)
-            shutil.copyfile(journal, committed)
+            merge_journal(committed, journal)
     grounded_dir = copy_artifact(grounded_cfg, dataset, OUT / name / "grounded")
     naive_dir = copy_artifact(naive_cfg, dataset, OUT / name / "naive") if naive_cfg is not None else None
     lines = [f"## {name}", ""]

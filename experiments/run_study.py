@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,8 +187,7 @@ def generate(args: argparse.Namespace, dataset: str, method: str) -> bool:
     committed = grounded_check.OUT / "journal" / f"{dataset}-{live.name}"
     grounded_check.sync_journal(live, committed)
     code = run_command(generation_overrides(args, dataset, method), False)
-    if live.is_file():
-        shutil.copyfile(live, committed)  # keep what was generated, even after a failure
+    grounded_check.merge_journal(committed, live)  # keep what was generated, even after a failure
     return code == 0 and grounded_check.copy_artifact(cfg, data, target) is not None
 
 

@@ -91,3 +91,27 @@ def test_training_overrides_compose_to_the_grounded_method(compose_cfg) -> None:
         assert cfg.generation.model.name == "qwen_coder_1_5b"
         assert cfg.data.generated_artifact.endswith(f"study/hotpotqa/{method}")
         assert ("query_view_entropy" in (cfg.get("regularizer") or {})) == (arm == "grounded")
+
+
+def test_two_extended_copies_of_a_journal_merge_without_loss(tmp_path: Path) -> None:
+    """The study and a check extend the same journal in two homes: merging keeps every request once."""
+    import json
+
+    import grounded_check
+
+    def line(key: str) -> str:
+        return json.dumps({"key": key, "text": key})
+
+    committed, live = tmp_path / "committed.jsonl", tmp_path / "live" / "journal.jsonl"
+    committed.write_text(f"{line('a')}\n{line('b')}\n", encoding="utf-8")
+    grounded_check.sync_journal(live, committed)  # a fresh machine: seeded
+    assert [json.loads(x)["key"] for x in live.read_text().splitlines()] == ["a", "b"]
+    with live.open("a", encoding="utf-8") as handle:
+        handle.write(f"{line('c')}\n")  # this home's new request
+    with committed.open("a", encoding="utf-8") as handle:
+        handle.write(f"{line('d')}\n")  # another home's, committed meanwhile
+    assert grounded_check.merge_journal(committed, live) == 1
+    assert grounded_check.merge_journal(live, committed) == 1
+    for path in (committed, live):
+        keys = [json.loads(x)["key"] for x in path.read_text().splitlines()]
+        assert sorted(keys) == ["a", "b", "c", "d"]
