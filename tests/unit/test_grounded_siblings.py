@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from causalneg.generation.grounded.siblings import rank_siblings, same_kind, sibling_candidates
-from causalneg.generation.grounded.spans import Span
+from causalneg.generation.grounded.spans import Span, spacy_available
 from causalneg.generation.grounded.verify import VerifyConfig, check_core, core_sentences
 
 NEIGHBOURS = (
@@ -21,11 +21,14 @@ def test_a_code_has_siblings_with_its_own_letters_only() -> None:
 
 
 def test_a_sibling_has_the_span_kind_and_neither_contains_nor_sits_in_it() -> None:
-    span = Span("carotid plaques", "noun_phrase", 0)
-    texts = ("Coronary plaques and carotid plaques differ. Femoral arteries and carotid plaques rupture.",)
-    found = sibling_candidates(span, texts, use_spacy=False)
-    assert "carotid plaques" not in [f.lower() for f in found]
-    assert all(f.lower() not in "carotid plaques" for f in found)
+    span = Span("Kingston", "place", 0)
+    texts = ("Kingston Harbour lies south of Kingston. Montego Bay and Ocho Rios are on the north coast.",)
+    if spacy_available():  # places are spaCy's entities
+        found = sibling_candidates(span, texts)
+        assert "Montego Bay" in found and not any("Kingston" in f for f in found)
+    # noun phrases get none: on SciFact their siblings were mostly junk ("Risk" -> "Life")
+    assert sibling_candidates(Span("carotid plaques", "noun_phrase", 0), texts, use_spacy=False) == []
+    assert not same_kind(Span("LSD1", "person", 0), Span("Tom Hanks", "person", 0))
     assert not same_kind(
         Span("1942", "date", 0), Span("1941", "date", 0)
     )  # the LLM's numbers pass the checks

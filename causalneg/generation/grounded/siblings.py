@@ -3,8 +3,8 @@
 The 1.5B's substitutes for scientific terms mostly fail the checks (SciFact, 64 queries: 165 overlapped the span,
 "Sepsis" -> "Sepsis-3"; 113 named something already in the passage; 173 were written by no corpus document,
 "oocyte reserve"), so half of the queries kept nothing. The passages that BM25 ranks just below the positives are
-about the same topic and name its siblings: other interleukins beside "IL-18", other diseases beside "sepsis".
-A sibling is a span of those neighbours (:func:`~.spans.extract_spans`, no LLM) of the span's own kind; the ones
+about the same topic and name its siblings: other interleukins beside "IL-18", other people beside a person.
+A sibling is a code with the span's letters, or a person or place of those neighbours (no LLM); the ones
 most similar to the span under the encoder are tried first, and each goes through every check an LLM substitute
 goes through (the LLM's same-thing check included), then the edit's verification and the judge. Every word of the
 edit is then the corpus's own, which is the point of a grounded edit.
@@ -28,16 +28,24 @@ def _stem(code: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
+# Span kinds whose siblings are taken from the neighbours besides codes. A first version also took noun phrases,
+# names and organizations: on SciFact they were mostly junk ("Risk" -> "Life", "Mental" -> "Medical",
+# "B-Type Natriuretic Peptide" -> "Serum"), since spaCy's labels there are close to random.
+SIBLING_KINDS = frozenset({"person", "place"})
+
+
 def same_kind(span: Span, candidate: Span) -> bool:
     """Whether ``candidate`` is the kind of thing ``span`` is: a code with the same letters ("IL-6" for "IL-18"),
-    else the same span kind (a person for a person, a noun phrase for a noun phrase). Numbers and dates have no
-    siblings here: the LLM's numeric substitutes pass the checks ("1942" -> "1941")."""
+    else a person for a person, a place for a place (:data:`SIBLING_KINDS`). Numbers and dates have no siblings
+    here: the LLM's numeric substitutes pass the checks ("1942" -> "1941")."""
     if span.kind in NUMERIC_KINDS:
         return False
     if is_code(span.text) and " " not in span.text:
         stem = _stem(span.text)
         return stem is not None and _stem(candidate.text) == stem
-    return candidate.kind == span.kind and not (is_code(candidate.text) and " " not in candidate.text)
+    if span.kind not in SIBLING_KINDS or (is_code(candidate.text) and " " not in candidate.text):
+        return False
+    return candidate.kind == span.kind and (candidate.is_person or span.kind != "person")
 
 
 def _code_siblings(stem: str, text: str) -> list[str]:

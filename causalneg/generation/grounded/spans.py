@@ -164,7 +164,12 @@ class Span:
 
     @property
     def is_person(self) -> bool:
-        return self.kind == "person"
+        """spaCy's person label, unless the text is a one-word code or starts in lower case: the small model
+        reads genes and terms as persons ("LSD1", "B6", "oocyte"), and a person's name was then required of
+        their substitutes ("LSD2 is not a person's name")."""
+        text = self.text.strip()
+        code = " " not in text and any(c.isdigit() for c in text) and any(c.isalpha() for c in text)
+        return self.kind == "person" and not code and not text[:1].islower()
 
 
 def content_tokens(text: str) -> list[str]:

@@ -148,6 +148,10 @@ _STANDALONE_NUMBER = re.compile(r"(?<![\w/-])\d+(?:[.,–-]\d+)*(?![\w/-])")
 MAX_WORD_RATIO = 2  # a substitute may have at most max(3, 2 x the span's) words
 
 
+def _one_word_code(text: str) -> bool:
+    return is_code(text) and " " not in text.strip()
+
+
 def _common_noun_phrase(text: str) -> bool:
     """A phrase whose head (last word) is a lower-case noun: "oocyte fertilizability", "Italian composer"."""
     words = text.split()
@@ -180,7 +184,7 @@ def check_substitute_in_context(substitute: str, span: Span, passage: str) -> Ve
     place of a work ("Barbra Streisand (film) is a 1935 film"). A person span is left to
     :func:`check_substitute_type` (which requires a person's name)."""
     sentence = sentence_with(passage, span.text)
-    if not sentence or span.is_person:
+    if not sentence or span.is_person or _one_word_code(span.text):
         return Verdict()
     new_kind = context_kind(sentence.replace(span.text, substitute, 1), substitute)
     if span.kind == "work":  # "Barbra Streisand (film) is a 1935 film": a person's name read as one there
@@ -218,13 +222,15 @@ def check_substitute_type(substitute: str, span: Span) -> Verdict:
         substitute
     ):
         return Verdict("substitute_type", f"{substitute!r} for {span.text!r}: the number is gone")
-    if is_code(span.text) and " " not in span.text.strip() and not any(c.isdigit() for c in substitute):
+    if _one_word_code(span.text) and not any(c.isdigit() for c in substitute):
         return Verdict(
             "substitute_type", f"{substitute!r} for the code {span.text!r}: no code"
         )  # "Sall4" -> "RNA"
     words, limit = len(substitute.split()), max(3, MAX_WORD_RATIO * len(span.text.split()))
     if words > limit:
         return Verdict("substitute_type", f"{substitute!r}: {words} words for {span.text!r}")
+    if _one_word_code(span.text) and any(c.isdigit() for c in substitute):
+        return Verdict()  # a code for a code ("LSD1" -> "LSD2"): spaCy's labels of codes mean nothing
     kind = entity_kind(substitute)
     capitalised = sum(1 for w in substitute.split() if w[:1].isupper())
     if _common_noun_phrase(span.text) and (kind == "person" or capitalised >= 2):
