@@ -4,14 +4,15 @@
     git show acc915b:experiments/grounded/scifact/grounded/rows.jsonl > /tmp/rows.jsonl   # the rule analysis
     python experiments/grounded_rules.py --dataset scifact --artifact /tmp
 
-The evidence behind ``verify.substitute_in_corpus``, ``verify.generic_df``, ``verify.same_thing_threshold`` and the
-"A20 (TNFAIP3)" alias (:func:`causalneg.generation.grounded.edits.names_before`): every kept negative of an
-artifact built *before* a rule, its label from ``experiments/grounded/labels.yaml`` (keys of
-``grounded_check.sample_key``), and whether the rule rejects it. A rule earns its place when it removes many
-"still answers" and "nonsense" negatives and few real ones. The chosen rules: ``substitute_unseen``,
-``substitute_generic`` and ``same_thing >= 0.55``; the alias rule rejects nothing (it replaces the other name
-too). The rules are evaluated as :mod:`causalneg.generation.grounded.verify` applies them (the same functions),
-on the recorded ``p_same_thing``. Unlabelled negatives are counted apart.
+The evidence behind ``verify.substitute_in_corpus``, ``verify.generic_df``, ``verify.same_thing_threshold``,
+``verify.core_sentences`` (``peripheral_edit``, under the stock encoder) and the "A20 (TNFAIP3)" alias
+(:func:`causalneg.generation.grounded.edits.names_before`): every kept negative of an artifact built *before* a
+rule, its label from ``experiments/grounded/labels.yaml`` (keys of ``grounded_check.sample_key``), and whether the
+rule rejects it. A rule earns its place when it removes many "still answers" and "nonsense" negatives and few real
+ones. The chosen rules: ``substitute_unseen``, ``substitute_generic``, ``same_thing >= 0.55`` and
+``peripheral_edit``; the alias rule rejects nothing (it replaces the other name too). The rules are evaluated as
+:mod:`causalneg.generation.grounded.verify` applies them (the same functions), on the recorded ``p_same_thing``.
+Unlabelled negatives are counted apart.
 """
 
 from __future__ import annotations
@@ -63,9 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from causalneg.generation.grounded.inputs import document_frequency
+    from causalneg.generation.grounded.spans import split_sentences
+    from causalneg.generation.grounded.verify import VerifyConfig, check_core, core_sentences
+    from causalneg.stages.generate_grounded import build_similarity
 
-    _, dataset = load_dataset_for(args.dataset, args.home)
+    cfg, dataset = load_dataset_for(args.dataset, args.home)
     vocabulary = document_frequency(dataset)
+    similarity = build_similarity(cfg)
+    queries = dataset.split(cfg.dataset.train_split).queries
+
+    def peripheral(negative: dict[str, Any], positive: str, query: str) -> bool:
+        """``peripheral_edit`` at the default core_sentences / core_min_sentences (the stock encoder)."""
+        if similarity is None:
+            return False
+        sentences = split_sentences(" ".join(positive.split()))
+        core = core_sentences(sentences, similarity(query, sentences), VerifyConfig())
+        return not check_core(negative["text"], core).kept
+
     labels = load_labels()
     every: Counter[str] = Counter()
     removed: dict[str, Counter[str]] = {}
@@ -78,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             every[label] += 1
             positive = dataset.corpus[negative.get("positive_id", row["positive_id"])].full_text
             hits = rules_hit(negative, positive, vocabulary, args.generic_df)
+            hits["peripheral_edit"] = peripheral(negative, positive, queries[row["query_id"]].text)
             for rule, hit in hits.items():
                 removed.setdefault(rule, Counter())[label] += hit
-            chosen = ("substitute_unseen", "substitute_generic", "same_thing>=0.55")
+            chosen = ("substitute_unseen", "substitute_generic", "same_thing>=0.55", "peripheral_edit")
             removed_by_any[label] += any(hits[r] for r in chosen)
     columns = [*LABELS, "unlabelled"]
     print(f"{args.dataset}: {sum(every.values())} kept negatives in {args.artifact}")
