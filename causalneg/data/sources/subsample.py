@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from typing import Any
 
 from causalneg.artifacts import fingerprint
@@ -116,7 +117,7 @@ def load_semanlink_subsample(
 def _split_limits(
     full: RetrievalDataset,
     options: dict[str, Any],
-    defaults: dict[str, str | None],
+    defaults: Mapping[str, str | None],
     limits: tuple[int | None, int | None, int | None],
 ) -> dict[str, int | None]:
     """``{split name: query limit}`` for the loader's train / dev / test splits that ``full`` has."""
