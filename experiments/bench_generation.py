@@ -5,6 +5,7 @@
     python experiments/bench_generation.py --model qwen_coder_1_5b --n 8 --backends llamacpp,vllm --threads 2
     python experiments/bench_generation.py --model qwen_coder_1_5b --n 6 --threads 2 \
         --backends llamacpp,llamacpp:parallel=6,vllm     # two llama.cpp settings against vLLM in one run
+    python experiments/bench_generation.py --smoke      # CI: a tiny random Llama, transformers, 2 queries
 
 Every backend runs the whole CausalNeg path (decompose -> perturb -> filter, helper code from
 ``causalneg.generation``) on the same ``--n`` HotpotQA training queries (``../shared/data/
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CAUSALNEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 STAGES = ("decompose", "perturb", "naive")
 RATIOS = (("vllm", "transformers"), ("llamacpp", "vllm"), ("llamacpp", "transformers"))
 
@@ -88,7 +90,7 @@ def compose(model: str, backend: str, n: int, root: Path, overrides: Sequence[st
                 "generation.progress=false",
                 f"paths.root_dir={root}",
                 f"paths.cache_dir={os.environ.get('CAUSALNEG_CACHE_DIR', REPO / '.cache')}",
-                f"paths.shared_data_dir={REPO.parent / 'shared' / 'data'}",
+                f"paths.shared_data_dir={SHARED}",
                 "paths.output_dir=" + str(root / "out"),
                 *overrides,
             ],
@@ -294,7 +296,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", default="smollm2", choices=["smollm2", "qwen_coder_0_5b", "qwen_coder_1_5b"]
+        "--model",
+        default="smollm2",
+        choices=["smollm2", "qwen_coder_0_5b", "qwen_coder_1_5b", "hf"],
+        help="hf: any HF folder, given with --override generation.model.path=DIR",
     )
     parser.add_argument("--n", type=int, default=32, help="HotpotQA training queries (requests per stage)")
     parser.add_argument("--backends", default="vllm,transformers", help="comma-separated, run in this order")
@@ -311,6 +316,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--override", action="append", default=[], help="any extra Hydra override")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI: a tiny random Llama built in-process (tests/tiny_generators.py), transformers backend, 2 queries",
+    )
     return parser.parse_args(argv)
 
 
@@ -322,8 +332,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     )  # outlines_core's torch.compile warm-up is not generation
     if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{args.threads - 1}" if args.threads > 1 else "0"
+    if not SHARED.is_dir():
+        raise SystemExit(f"shared data sets not found at {SHARED} (set CAUSALNEG_SHARED_DATA)")
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
+        if args.smoke:
+            sys.path.insert(0, str(REPO))
+            from tests.tiny_generators import build_tiny_llama
+
+            tiny = build_tiny_llama(Path(tmp) / "tiny-llama", seed=0)
+            args.model, args.backends, args.n, args.threads = "hf", "transformers", 2, 1
+            args.transformers_batch = 2
+            args.override = [
+                *args.override,
+                f"generation.model.path={tiny}",
+                "generation.decompose.max_new_tokens=300",
+                "generation.perturb.max_new_tokens=200",
+            ]
         for name in args.backends.split(","):
             print(f"[bench] {name}: {args.n} queries, model {args.model} ...", file=sys.stderr, flush=True)
             results.append(run_backend(name, args, Path(tmp)))

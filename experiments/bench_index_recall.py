@@ -1,7 +1,7 @@
 """Recall of the approximate faiss indexes (IVF, HNSW) against exact flat search, and index memory.
 
     python experiments/bench_index_recall.py [--dataset hotpotqa_distractor_subset] [--k 10,100]
-        [--cache-dir .cache] [--threads 2]
+        [--cache-dir .cache] [--threads 2] [--smoke]
 
 On a shared set (default: ../shared/data/hotpotqa_distractor_subset, 18,619 paragraphs, 500 test questions),
 with all-MiniLM-L6-v2 (384-d; the corpus embeddings come from the embedding cache when ``stage=evaluate``
@@ -17,6 +17,8 @@ index setting it prints
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from causalneg.data.sources.beir import load_beir
+from causalneg.data.sources.subsample import subsample_dataset
 from causalneg.evaluation.embedding_cache import EmbeddingCache
 from causalneg.evaluation.encoding import encode_texts
 from causalneg.evaluation.index import IndexConfig, build_faiss_index
@@ -34,7 +37,9 @@ from causalneg.evaluation.retrieval import encode_corpus, run_from_topk
 from causalneg.evaluation.search import exact_topk
 from causalneg.models.encoder import DualEncoder
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(
+    os.environ.get("CAUSALNEG_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -59,10 +64,23 @@ def main() -> None:
     parser.add_argument("--dataset", default="hotpotqa_distractor_subset")
     parser.add_argument("--cache-dir", default=".cache")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI: 20 test queries, their passages and 200 others; a temporary cache; 1 thread",
+    )
     args = parser.parse_args()
+    if not (SHARED / args.dataset).is_dir():
+        raise SystemExit(f"shared data set not found at {SHARED / args.dataset} (set CAUSALNEG_SHARED_DATA)")
+    smoke_dir = tempfile.TemporaryDirectory(prefix="index-recall-smoke-") if args.smoke else None
+    if smoke_dir is not None:
+        args.threads, args.cache_dir = 1, smoke_dir.name
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    dataset = load_beir(SHARED / args.dataset, name=args.dataset.split("_")[0])
+    train = None if args.smoke else "train"  # the smoke run keeps only test queries' passages (and others)
+    dataset = load_beir(SHARED / args.dataset, name=args.dataset.split("_")[0], train_split=train)
+    if args.smoke:
+        dataset = subsample_dataset(dataset, {"test": 20}, random_passages=200, seed=0)
     model_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "minilm.yaml"))  # as model=minilm
     encoder = DualEncoder.from_config(model_cfg, cache_dir=args.cache_dir)
     cache = EmbeddingCache(Path(args.cache_dir) / "embeddings")
@@ -123,6 +141,8 @@ def main() -> None:
             for kind in ("flat", "ivf", "hnsw")
         )
         print(f"  d={dim_}: {cells}")
+    if smoke_dir is not None:
+        smoke_dir.cleanup()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Forward+backward time of the training objective: InfoNCE alone, + query-view entropy, and a per-query loop.
 
-    python experiments/bench_loss.py [--repeats 200] [--warmup 20] [--threads 2] [--clock wall|thread]
+    python experiments/bench_loss.py [--repeats 200] [--warmup 20] [--threads 2] [--clock wall|thread] [--smoke]
 
 Shapes follow the reference recipe (B=64 queries, Nm=15 mined + Ng=3 generated negatives) at D=384 (MiniLM)
 and D=1024 (Qwen3-0.6B). In training the embeddings come from an encoder, so the loss is timed on leaf tensors
@@ -136,7 +136,10 @@ def main() -> None:
         help="wall: perf_counter; thread: CPU time of the calling thread (robust to other processes' load, "
         "meaningful only with --threads 1, where all of the loss's work runs in that thread)",
     )
+    parser.add_argument("--smoke", action="store_true", help="CI: 4 repeats after 1 warm-up, 1 thread")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.warmup, args.threads = 4, 1, 1  # the loop runs every 4th repeat: once
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(

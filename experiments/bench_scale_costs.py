@@ -1,6 +1,6 @@
 """What each stage costs per million passages and per thousand queries: measured here, and computed for GPUs.
 
-    python experiments/bench_scale_costs.py [--passages 1000] [--threads 2] [--queries 50]
+    python experiments/bench_scale_costs.py [--passages 1000] [--threads 2] [--queries 50] [--smoke]
         [--tokenizer DIR]   # an LLM tokenizer folder (e.g. the prepared Qwen2.5-Coder HF folder) for prompt tokens
 
 Measured on this machine (HotpotQA, ../shared/data/hotpotqa_distractor_subset):
@@ -33,7 +33,7 @@ from causalneg.generation.prompting import PromptInputs, clip, render_messages
 from causalneg.models.encoder import DualEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("CAUSALNEG_SHARED_DATA", ROOT.parent / "shared" / "data"))
 GPUS = {"L4": 121e12, "A10G": 70e12, "A100": 312e12, "H100 SXM": 989e12}  # dense bf16 FLOP/s
 MFU = 0.3
 ENCODERS = {  # name: (non-embedding parameters, layers, hidden size)
@@ -56,7 +56,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokenizer", default=None)
+    parser.add_argument("--smoke", action="store_true", help="CI: 16 passages, 4 queries, 1 thread")
     args = parser.parse_args()
+    if args.smoke:
+        args.passages, args.queries, args.threads = 16, 4, 1
+    if not (SHARED / "hotpotqa_distractor_subset").is_dir():
+        raise SystemExit(f"shared data sets not found at {SHARED} (set CAUSALNEG_SHARED_DATA)")
     torch.set_num_threads(args.threads)
     dataset = load_beir(SHARED / "hotpotqa_distractor_subset", name="hotpotqa")
     model_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "minilm.yaml"))

@@ -2,7 +2,7 @@
 
     python experiments/bench_throughput.py [--queries 16] [--negatives 4] [--warmup 1] [--steps 2]
         [--passages 1000] [--threads 2] [--variants peer,ours-32,ours-32-plain,ours-bf16]
-        [--bf16-warmup 0] [--bf16-steps 1] [--bf16-passages 200] [--skip-encode]
+        [--bf16-warmup 0] [--bf16-steps 1] [--bf16-passages 200] [--skip-encode] [--json PATH] [--smoke]
 
 Same data and model for every variant: HotpotQA training questions (../shared/data/hotpotqa_distractor_subset,
 a seeded sample of ``queries * (warmup + steps)``), each with its first positive and its first ``negatives``
@@ -34,6 +34,8 @@ Targets (issue #8): training >= 3x the peer's fp32 examples/s, encoding >= 2x it
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import random
 import subprocess
@@ -76,7 +78,10 @@ warnings.filterwarnings(
 )
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / ".." / "shared" / "data" / "hotpotqa_distractor_subset"
+DATA = (
+    Path(os.environ.get("CAUSALNEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+    / "hotpotqa_distractor_subset"
+)
 LR, CLIP = 2e-5, 1.0
 
 
@@ -364,7 +369,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (2 = both cores here)")
     parser.add_argument("--variants", default="peer,ours-32,ours-32-plain,ours-bf16")
     parser.add_argument("--skip-encode", action="store_true")
-    return parser.parse_args()
+    parser.add_argument("--json", type=Path, default=None, help="also write the table's rows here")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI: 2 queries x (1 + 2), 1 timed step, 8 passages, peer and ours-32, 1 thread",
+    )
+    args = parser.parse_args()
+    if args.smoke:
+        args.queries, args.negatives, args.warmup, args.steps, args.passages = 2, 2, 0, 1, 8
+        args.threads, args.variants = 1, "peer,ours-32"
+    return args
 
 
 def run_encoding(
@@ -440,6 +455,16 @@ def main() -> None:
         rows += run_encoding(args, corpus, variants, probe)
     print_table(rows, args)
     print(f"[bench] load average at end: {uptime()}", flush=True)
+    if args.json is not None:
+        record = {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "cpu": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16_cpu(),
+            "rows": [dataclasses.asdict(row) for row in rows],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"[bench] rows written to {args.json}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Calibrate the grounded edits' same-thing check: the judge's P(yes) for synonyms against sibling terms.
 
     python experiments/calibrate_same_thing.py --threads 2      # writes experiments/grounded/same_thing.json
+    python experiments/calibrate_same_thing.py --smoke          # CI: a tiny random Llama, 4 pairs, a temp file
 
 The check (:data:`causalneg.generation.grounded.pipeline.SAME_THING`, ``verify.same_thing_threshold``) rejects a
 substitute that the LLM calls another name of the span. Small generators propose synonyms ("T cells" ->
@@ -59,8 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="qwen_coder_1_5b")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", default="generic")
-    parser.add_argument("--json", type=Path, default=REPO / "experiments" / "grounded" / "same_thing.json")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default: experiments/grounded/same_thing.json"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI: a tiny random Llama (tests/tiny_generators.py) on the transformers backend, 4 pairs; writes "
+        "--json only (default: a temporary file)",
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        return smoke(args)
+    if args.json is None:
+        args.json = REPO / "experiments" / "grounded" / "same_thing.json"
 
     from causalneg.generation.backends.base import GenerationRequest
     from causalneg.generation.backends.llamacpp_backend import LlamaCppBackend
@@ -83,13 +96,56 @@ def main(argv: list[str] | None = None) -> int:
         )
         for i, (a, b, _) in enumerate(PAIRS)
     ]
+    report(args, backend, requests, PAIRS, gguf.model_id)
+    return 0
+
+
+def smoke(args: argparse.Namespace) -> int:
+    """The same scoring and report with a tiny random model: checks the path, not the calibration."""
+    import tempfile
+
+    from causalneg.generation.backends.base import GenerationRequest
+    from causalneg.generation.backends.transformers_backend import TransformersBackend
+    from causalneg.generation.grounded.pipeline import SAME_THING
+    from causalneg.generation.prompting import load_profiles, render_template
+    from tests.tiny_generators import build_tiny_llama
+
+    pairs = [*PAIRS[:2], *PAIRS[-2:]]
+    with tempfile.TemporaryDirectory(prefix="same-thing-smoke-") as tmp:
+        backend = TransformersBackend(str(build_tiny_llama(Path(tmp) / "tiny", seed=0)), "tiny-llama")
+        system = render_template("grounded_system", profile=load_profiles()[args.profile])
+        requests = [
+            GenerationRequest(
+                f"pair{i}",
+                [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": SAME_THING.format(span=a, substitute=b)},
+                ],
+                0,
+            )
+            for i, (a, b, _) in enumerate(pairs)
+        ]
+        if args.json is None:
+            args.json = Path(tmp) / "same_thing.json"
+        report(args, backend, requests, pairs, "tiny-llama")
+    return 0
+
+
+def report(
+    args: argparse.Namespace,
+    backend: Any,
+    requests: list[Any],
+    pairs: list[tuple[str, str, int]],
+    model_id: str,
+) -> None:
+    """Score ``requests`` (one per pair), print each pair's P(yes) and each threshold's rejections, write JSON."""
     start = time.perf_counter()
     scores = backend.choice_probabilities(requests, ("yes", "no"))
     seconds = time.perf_counter() - start
     backend.close()
     rows: list[dict[str, Any]] = [
         {"span": a, "substitute": b, "same": same, "p_yes": round(p["yes"], 4)}
-        for (a, b, same), p in zip(PAIRS, scores, strict=True)
+        for (a, b, same), p in zip(pairs, scores, strict=True)
     ]
     for row in sorted(rows, key=lambda r: -r["p_yes"]):
         print(
@@ -107,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(
         json.dumps(
             {
-                "model": gguf.model_id,
+                "model": model_id,
                 "profile": args.profile,
                 "seconds": round(seconds, 1),
                 "pairs": rows,
@@ -118,7 +174,6 @@ def main(argv: list[str] | None = None) -> int:
         + "\n"
     )
     print(f"wrote {args.json} ({seconds:.0f} s)")
-    return 0
 
 
 if __name__ == "__main__":

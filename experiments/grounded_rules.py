@@ -3,6 +3,7 @@
     python experiments/grounded_rules.py --dataset scifact --artifact <dir with rows.jsonl>
     git show acc915b:experiments/grounded/scifact/grounded/rows.jsonl > /tmp/rows.jsonl   # the rule analysis
     python experiments/grounded_rules.py --dataset scifact --artifact /tmp
+    python experiments/grounded_rules.py --smoke    # CI: SciFact's committed artifact
 
 The evidence behind ``verify.substitute_in_corpus``, ``verify.generic_df``, ``verify.same_thing_threshold``,
 ``verify.core_sentences`` (``peripheral_edit``, under the stock encoder) and the "A20 (TNFAIP3)" alias
@@ -18,6 +19,7 @@ Unlabelled negatives are counted apart.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -57,11 +59,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dataset", choices=("hotpotqa", "scifact"), required=True)
-    parser.add_argument("--artifact", type=Path, required=True, help="folder with the artifact's rows.jsonl")
+    parser.add_argument("--dataset", choices=("hotpotqa", "scifact"))
+    parser.add_argument("--artifact", type=Path, help="folder with the artifact's rows.jsonl")
     parser.add_argument("--home", default="/tmp/cnhome")
     parser.add_argument("--generic-df", type=float, default=0.1)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI: SciFact and its committed artifact (experiments/grounded/scifact/grounded); needs ../shared/data",
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.dataset = args.dataset or "scifact"
+        args.artifact = args.artifact or REPO / "experiments" / "grounded" / args.dataset / "grounded"
+    if args.dataset is None or args.artifact is None:
+        parser.error("--dataset and --artifact are required (or --smoke)")
+    shared = Path(os.environ.get("CAUSALNEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not shared.is_dir():
+        raise SystemExit(f"shared data sets not found at {shared} (set CAUSALNEG_SHARED_DATA)")
 
     from causalneg.generation.grounded.inputs import document_frequency
     from causalneg.generation.grounded.spans import split_sentences

@@ -2,6 +2,7 @@
 
     python experiments/run_study.py                 # generate what is missing, train what is missing, export
     python experiments/run_study.py --dry-run       # print every command, run none
+    python experiments/run_study.py --smoke --study /tmp/study   # CI: one tiny arm end to end, temp folders
     python experiments/study_report.py              # rebuild experiments/RESULTS.md from the committed JSON
 
 Per data set (HotpotQA distractor subset, SciFact; ``../shared/data``), Qwen2.5-Coder-1.5B on llama.cpp:
@@ -34,6 +35,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +71,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run none")
     parser.add_argument("--extra", default="", help="extra overrides for every training command")
-    return parser.parse_args(argv)
+    parser.add_argument("--study", default=None, help="results folder (default: experiments/study)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI: SciFact, the mined_only arm, seed 0, 8 training queries, no generation, NQ on 20 test "
+        "questions; results and runs in temporary folders (experiments/study is not touched)",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.datasets, args.arms, args.seeds, args.skip_generate = "scifact", "mined_only", "0", True
+        args.queries, args.dev_queries, args.random_passages, args.official_queries = 8, 4, 20, 0
+        args.threads = 1
+        args.extra = " ".join(
+            [
+                "data.batch_size=4",
+                "data.num_mined=2",
+                "+dataset.test_queries=20",
+                "eval.dev_subcorpus_random=20",
+                "runtime.num_threads=1",
+                args.extra,
+            ]
+        )
+    return args
+
+
+SMOKE_NQ = [  # --smoke: NQ zero-shot on 20 test questions, their passages and 20 others
+    "dataset._target_=causalneg.data.sources.subsample.load_beir_subsample",
+    "+dataset.train_queries=1",
+    "+dataset.dev_queries=1",
+    "+dataset.test_queries=20",
+    "+dataset.random_passages=20",
+    "runtime.num_threads=1",
+]
+NQ_EXTRA: list[str] = []
 
 
 def seeds(args: argparse.Namespace) -> list[str]:
@@ -132,7 +167,7 @@ def training_overrides(args: argparse.Namespace, dataset: str, arm: str, seed: s
             if o.startswith("generation")
         ]
         overrides += [*generation, f"data.generated_artifact={artifact_folder(dataset, method)}"]
-    return overrides + shlex.split(args.extra)
+    return with_overrides(overrides, shlex.split(args.extra))
 
 
 def run_dir(dataset: str, arm: str, seed: str) -> Path:
@@ -153,6 +188,7 @@ def nq_overrides(model_dir: Path | None, out: Path, arm: str, seed: str, trained
         "logger.experiment_name=study-nq",
         f"+logger.tags.trained_on={trained_on}",
         f"hydra.run.dir={out}",
+        *NQ_EXTRA,
     ]
 
 
@@ -212,7 +248,6 @@ def finished_runs(experiment: str, scale: str) -> dict[tuple[str, str], str]:
 
 def read_mlflow_run(run_id: str) -> tuple[dict[str, float], dict[str, dict[str, float]], float | None]:
     """Final metrics (canonical names), per-query test values and wall seconds of a run in the local store."""
-    import tempfile
 
     from mlflow.tracking import MlflowClient
 
@@ -250,7 +285,7 @@ def export_run(args: argparse.Namespace, dataset: str, arm: str, seed: str, run_
         dataset, arm, seed, scale_tag(args), run_id, metrics, per_query, nq, seconds=seconds
     )
     path = study_results.write_json(study_results.run_json_path(STUDY, dataset, arm, seed), record)
-    print(f"[study] exported {path.relative_to(REPO)}", flush=True)
+    print(f"[study] exported {path}", flush=True)
     return True
 
 
@@ -297,7 +332,16 @@ def stock_nq(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global HOME, STUDY
     args = parse_args(argv)
+    if args.study is not None:
+        STUDY = Path(args.study).resolve()
+    if args.smoke:
+        smoke = tempfile.mkdtemp(prefix="study-smoke-")
+        HOME = Path(smoke) / "home"
+        STUDY = STUDY if args.study is not None else Path(smoke) / "study"
+        NQ_EXTRA[:] = SMOKE_NQ
+        print(f"[study] smoke: runs in {HOME}, results in {STUDY}", flush=True)
     failures = stock_nq(args)
     for dataset in args.datasets.split(","):
         failures += study_dataset(args, dataset)
@@ -308,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[study] {dataset}: {len(missing)} run(s) without committed results", flush=True)
     if failures:
         print("failed:", *failures, sep="\n  ")
+    if args.smoke:
+        shutil.rmtree(HOME.parent, ignore_errors=True)
     return 1 if failures else 0
 
 

@@ -2,6 +2,7 @@
 
     python experiments/study_report.py                      # both data sets, 4 arms x 3 seeds
     python experiments/study_report.py --print              # print the section instead of writing RESULTS.md
+    python experiments/study_report.py --smoke --study DIR --out /tmp/RESULTS.md   # CI, on a tiny study
 
 Reads ``experiments/study/`` (:mod:`study_results`: one JSON per run, the committed generation manifests,
 ``nq_stock.json``) and writes, per data set: each arm's nDCG@10 / Recall@100 / MRR@10 (mean ± sd over seeds,
@@ -52,7 +53,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(RESULTS), help="the RESULTS.md to update")
     parser.add_argument("--n-bootstrap", type=int, default=1000)
     parser.add_argument("--print", action="store_true", help="print the section, write nothing")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI: 50 bootstrap samples; needs --study (a small folder, e.g. from run_study.py --smoke) and an "
+        "--out other than the committed RESULTS.md (the plots go beside it)",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.n_bootstrap = 50
+        if Path(args.out).resolve() == RESULTS.resolve():
+            parser.error("--smoke needs --out PATH (the committed RESULTS.md is not rewritten)")
+    return args
 
 
 def fmt(value: Any, digits: int = 4) -> str:

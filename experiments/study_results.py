@@ -153,3 +153,37 @@ def stock_record(records: Sequence[Mapping[str, Any]]) -> RunRecord | None:
             metrics = {"test/" + k.removeprefix("test_start/"): v for k, v in nan_if_none(start).items()}
             return RunRecord("stock", "stock", "-", metrics, {})
     return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print, per data set, each committed run's test nDCG@10 / Recall@100 / MRR@10 and NQ nDCG@10, and the
+    (arm, seed) pairs still missing. It only reads JSON (seconds), so ``--smoke`` (CI) runs it as it is,
+    normally with ``--study`` naming a small folder (``run_study.py --smoke --study DIR`` writes one)."""
+    parser = study_parser(main.__doc__)
+    parser.add_argument("--study", default=str(STUDY_DIR), help="results folder")
+    parser.add_argument("--scale", default=None, help="count a run of another scale (e.g. q256) as missing")
+    parser.add_argument("--smoke", action="store_true", help="CI: the same (it only reads)")
+    args = parser.parse_args(argv)
+    study = Path(args.study)
+    arms, seeds = args.arms.split(","), args.seeds.split(",")
+    for dataset in args.datasets.split(","):
+        print(f"### {dataset} ({study / dataset / 'runs'})")
+        print("| arm | seed | scale | test/ndcg@10 | test/recall@100 | test/mrr@10 | NQ ndcg@10 |")
+        print("|---|---|---|---|---|---|---|")
+        for record in load_runs(study, dataset):
+            metrics = nan_if_none(record.get("metrics", {}))
+            nq = nan_if_none((record.get("nq") or {}).get("metrics", {}))
+            cells = [metrics.get(f"test/{m}", math.nan) for m in ("ndcg@10", "recall@100", "mrr@10")]
+            cells.append(nq.get("ndcg@10", math.nan))
+            print(
+                f"| {record['arm']} | {record['seed']} | {record.get('scale')} | "
+                + " | ".join(f"{value:.4f}" for value in cells)
+                + " |"
+            )
+        missing = missing_runs(study, dataset, arms, seeds, args.scale)
+        print(f"missing: {len(missing)} run(s) {missing}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

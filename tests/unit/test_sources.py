@@ -185,6 +185,23 @@ def test_load_semanlink_from_an_sdist_in_cache_dir(tmp_path: Path, monkeypatch: 
         load_semanlink(cache_dir=cache)
 
 
+def test_semanlink_subsample_keeps_the_judged_tags_and_a_seeded_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from causalneg.data.sources.subsample import load_semanlink_subsample
+
+    monkeypatch.setattr(semanlink_module.importlib.util, "find_spec", lambda name: None)
+    cache = write_sdist(tmp_path / "cache", semanlink_files())
+    full = load_semanlink(cache_dir=cache, dev_from_train=0)
+    small = load_semanlink_subsample(
+        train_queries=1, test_queries=1, random_passages=0, cache_dir=cache, dev_from_train=0
+    )
+    assert set(small.splits) == {"train", "test"} and len(small.split("train").queries) == 1
+    judged = {pid for s in small.splits.values() for rels in s.qrels.values() for pid in rels}
+    assert set(small.corpus) == judged <= set(full.corpus)  # no random rest asked
+    assert small.fingerprint != full.fingerprint
+
+
 HF_CORPUS: list[dict[str, Any]] = [
     {"_id": "d1", "title": "T", "text": "one"},
     {"_id": "d2", "title": None, "text": "two"},

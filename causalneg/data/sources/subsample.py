@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from typing import Any
 
 from causalneg.artifacts import fingerprint
@@ -90,16 +91,48 @@ def load_beir_subsample(
     """:func:`causalneg.data.sources.beir.load_beir` (``**beir``), then :func:`subsample_dataset` with
     ``train_queries`` / ``dev_queries`` / ``test_queries`` for the configured train / dev / test splits."""
     full = load_beir(**beir)
-    limits: dict[str, int | None] = {}
-    for key, limit in (
-        ("train_split", train_queries),
-        ("dev_split", dev_queries),
-        ("test_split", test_queries),
-    ):
-        split = beir.get(key, {"train_split": "train", "test_split": "test"}.get(key))
+    defaults = {"train_split": "train", "dev_split": None, "test_split": "test"}  # load_beir's
+    limits = _split_limits(full, beir, defaults, (train_queries, dev_queries, test_queries))
+    return _subsample_logged(full, limits, random_passages, subsample_seed)
+
+
+def load_semanlink_subsample(
+    train_queries: int | None = None,
+    dev_queries: int | None = None,
+    test_queries: int | None = None,
+    random_passages: int = 1000,
+    subsample_seed: int = 0,
+    **semanlink: Any,
+) -> RetrievalDataset:
+    """:func:`causalneg.data.sources.semanlink.load_semanlink` (``**semanlink``), then :func:`subsample_dataset`
+    as :func:`load_beir_subsample` does (smoke runs and quick checks on the embedded set)."""
+    from causalneg.data.sources.semanlink import load_semanlink
+
+    full = load_semanlink(**semanlink)
+    defaults = {"train_split": "train", "dev_split": "dev", "test_split": "test"}  # load_semanlink's
+    limits = _split_limits(full, semanlink, defaults, (train_queries, dev_queries, test_queries))
+    return _subsample_logged(full, limits, random_passages, subsample_seed)
+
+
+def _split_limits(
+    full: RetrievalDataset,
+    options: dict[str, Any],
+    defaults: Mapping[str, str | None],
+    limits: tuple[int | None, int | None, int | None],
+) -> dict[str, int | None]:
+    """``{split name: query limit}`` for the loader's train / dev / test splits that ``full`` has."""
+    out: dict[str, int | None] = {}
+    for key, limit in zip(("train_split", "dev_split", "test_split"), limits, strict=True):
+        split = options.get(key, defaults[key])
         if split is not None and split in full.splits:
-            limits[str(split)] = limit
-    small = subsample_dataset(full, limits, random_passages, subsample_seed)
+            out[str(split)] = limit
+    return out
+
+
+def _subsample_logged(
+    full: RetrievalDataset, limits: dict[str, int | None], random_passages: int, seed: int
+) -> RetrievalDataset:
+    small = subsample_dataset(full, limits, random_passages, seed)
     log.info(
         "subsampled %s: %d of %d passages; queries %s",
         small.name,
