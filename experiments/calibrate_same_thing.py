@@ -75,17 +75,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is None:
         args.json = REPO / "experiments" / "grounded" / "same_thing.json"
 
-    from causalneg.generation.backends.base import GenerationRequest
     from causalneg.generation.backends.llamacpp_backend import LlamaCppBackend
     from causalneg.generation.generator_models import resolve_gguf
-    from causalneg.generation.grounded.pipeline import SAME_THING
-    from causalneg.generation.prompting import load_profiles, render_template
 
     home = Path(os.environ.get("CAUSALNEG_HOME", ".")).resolve()  # as conf/paths/default.yaml
     gguf = resolve_gguf(args.model, home / ".cache" / "generators")
     backend = LlamaCppBackend(gguf.location, gguf.model_id, n_threads=args.threads)
-    system = render_template("grounded_system", profile=load_profiles()[args.profile])
-    requests = [
+    report(args, backend, pair_requests(args.profile, PAIRS), PAIRS, gguf.model_id)
+    return 0
+
+
+def pair_requests(profile: str, pairs: list[tuple[str, str, int]]) -> list[Any]:
+    """One same-thing request per pair, under ``profile``'s system prompt, exactly as the pipeline asks."""
+    from causalneg.generation.backends.base import GenerationRequest
+    from causalneg.generation.grounded.pipeline import SAME_THING
+    from causalneg.generation.prompting import load_profiles, render_template
+
+    system = render_template("grounded_system", profile=load_profiles()[profile])
+    return [
         GenerationRequest(
             f"pair{i}",
             [
@@ -94,37 +101,21 @@ def main(argv: list[str] | None = None) -> int:
             ],
             0,
         )
-        for i, (a, b, _) in enumerate(PAIRS)
+        for i, (a, b, _) in enumerate(pairs)
     ]
-    report(args, backend, requests, PAIRS, gguf.model_id)
-    return 0
 
 
 def smoke(args: argparse.Namespace) -> int:
     """The same scoring and report with a tiny random model: checks the path, not the calibration."""
     import tempfile
 
-    from causalneg.generation.backends.base import GenerationRequest
     from causalneg.generation.backends.transformers_backend import TransformersBackend
-    from causalneg.generation.grounded.pipeline import SAME_THING
-    from causalneg.generation.prompting import load_profiles, render_template
     from tests.tiny_generators import build_tiny_llama
 
     pairs = [*PAIRS[:2], *PAIRS[-2:]]
     with tempfile.TemporaryDirectory(prefix="same-thing-smoke-") as tmp:
         backend = TransformersBackend(str(build_tiny_llama(Path(tmp) / "tiny", seed=0)), "tiny-llama")
-        system = render_template("grounded_system", profile=load_profiles()[args.profile])
-        requests = [
-            GenerationRequest(
-                f"pair{i}",
-                [
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": SAME_THING.format(span=a, substitute=b)},
-                ],
-                0,
-            )
-            for i, (a, b, _) in enumerate(pairs)
-        ]
+        requests = pair_requests(args.profile, pairs)
         if args.json is None:
             args.json = Path(tmp) / "same_thing.json"
         report(args, backend, requests, pairs, "tiny-llama")
