@@ -20,8 +20,10 @@ backend:
    constraint / sentence edits, no mention of the replaced entity in entity swaps), the query-blind origin probe
    (stock all-MiniLM-L6-v2 embeddings; kept generated vs BM25-mined negatives of the same queries; logistic
    regression, folds grouped by query; :func:`causalneg.diagnostics.probes.blind_probe_auc`) for the grounded and
-   the naive negatives on the same queries, and 20 kept negatives per data set verbatim beside their positive
-   and edit, with the labels a person gave them in ``experiments/grounded/labels.yaml``.
+   the naive negatives on the same queries and, as the reference, for the unedited positives that the kept
+   negatives were edited from (what a probe separates before any edit), and 20 kept negatives per data set
+   verbatim beside their positive and edit, with the labels a person gave them in
+   ``experiments/grounded/labels.yaml``.
 """
 
 from __future__ import annotations
@@ -336,6 +338,21 @@ def samples_section(
     return lines, tally
 
 
+def unedited(rows: list[dict[str, Any]], dataset: Any) -> list[dict[str, Any]]:
+    """``rows`` with each generated negative's text replaced by the positive it was edited from: the probe's
+    reference. A query-blind probe can tell a data set's judged positives from BM25's candidates without any edit
+    (SciFact's positives are the abstracts that claims cite); what the edits add is the AUC above this one."""
+    return [
+        {
+            **row,
+            "negatives": [
+                {**n, "text": dataset.corpus[n["positive_id"]].full_text} for n in row["negatives"]
+            ],
+        }
+        for row in rows
+    ]
+
+
 def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
     cfg, dataset = load_dataset_for(name, args.home)
     from causalneg.stages.specs import generation_plan
@@ -398,6 +415,7 @@ def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
     ]
     grounded_probe = probe(rows, dataset, cfg, args.num_mined, naive_ids)
     grounded_all = probe(rows, dataset, cfg, args.num_mined, query_ids)
+    reference = probe(unedited(rows, dataset), dataset, cfg, args.num_mined, query_ids)
     lines += [
         "Query-blind origin probe (stock all-MiniLM-L6-v2, logistic regression, 5 folds grouped by query; "
         f"{args.num_mined} BM25-mined negatives per query; 0.5 = not separable):",
@@ -408,6 +426,8 @@ def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
         f"{grounded_all['mined']} | {grounded_all['auc']} |",
         f"| grounded, the naive queries | {grounded_probe['queries']} | {grounded_probe['generated']} | "
         f"{grounded_probe['mined']} | {grounded_probe['auc']} |",
+        f"| reference: the unedited positives of the kept negatives, all queries | {reference['queries']} | "
+        f"{reference['generated']} | {reference['mined']} | {reference['auc']} |",
     ]
     if naive_dir is not None:
         naive_rows = read_jsonl(naive_dir / "rows.jsonl")

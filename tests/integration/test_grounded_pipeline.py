@@ -317,3 +317,92 @@ def test_a_span_whose_llm_substitutes_fail_gets_siblings_from_the_neighbours(tmp
     # off (the default of GroundedSettings) or without neighbours: the LLM's substitutes only
     off = run_grounded([item], FailingSubstitutes(), RequestStore(tmp_path / "k.jsonl"), _settings())
     assert not [n for n in off.rows[0]["negatives"] if n["strategy_type"] == "entity_shift"]
+
+
+OOCYTE = (
+    "Female fertility in mice. We measured oocyte quality in young and old mice. Old mice showed fewer mature "
+    "oocyte divisions and lower fertility."
+)
+
+
+class LeftoverBackend:
+    """Anchors the query's "oocyte quality" (critical) and "Old mice" (not critical); names "sperm motility"
+    for the phrase and "sperm" for a lone "oocyte"; every judge answers P(yes) 0.1."""
+
+    name, model_id = "scripted", "scripted-llm"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], schema: type[BaseModel], sampling: SamplingConfig
+    ) -> list[RawOutput]:
+        outputs = []
+        for request in requests:
+            user = request.messages[-1]["content"]
+            if "requirements" in user:
+                text = json.dumps(
+                    {"main_requirement": _req("the cells", "oocyte quality", "entity_shift")}
+                    | {"other_requirements": [_req("the age", "Old mice", "attribute_shift", False)]}
+                )
+            else:
+                span = "oocyte quality" if '"oocyte quality"' in user else "oocyte"
+                self.asked.append(span)
+                text = json.dumps(
+                    {"substitutes": ["sperm motility" if span == "oocyte quality" else "sperm"]}
+                )
+            outputs.append(RawOutput(request.key, text, 10))
+        return outputs
+
+    def choice_probabilities(
+        self, requests: Sequence[GenerationRequest], choices: Sequence[str]
+    ) -> list[dict[str, float]]:
+        return [{"yes": 0.1, "no": 0.9} for _ in requests]
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_query_named_word_a_rejected_replacement_left_behind_becomes_a_span(tmp_path: Path) -> None:
+    from causalneg.generation.grounded.spans import spacy_available
+    from causalneg.generation.grounded.vocabulary import CorpusVocabulary
+
+    if not spacy_available():
+        pytest.skip("needs spaCy's en_core_web_sm (make install) for the noun phrase 'oocyte quality'")
+    item = GroundedItem("q4", "Oocyte quality declines in old mice.", (("p4", OOCYTE),))
+    # "oocyte" is rare in this corpus, so a lone mention left by the phrase's replacement counts (mention_left)
+    vocabulary = CorpusVocabulary([OOCYTE, *[f"Weather report {i} for the coast." for i in range(40)]])
+    verify = VerifyConfig(relative_margin=None, substitute_in_corpus=False, generic_df=None)
+    settings = GroundedSettings(progress=False, fallback_spans=0, verify=verify)
+    backend = LeftoverBackend()
+    result = run_grounded([item], backend, RequestStore(tmp_path / "j.jsonl"), settings, None, vocabulary)
+    assert result.counts["rejections"] == {"mention_left": 1}  # "... fewer mature oocyte divisions" kept it
+    (negative,) = result.rows[0]["negatives"]
+    assert negative["requirement_source"] == "leftover" and negative["span"] == "oocyte"
+    assert "oocyte" not in negative["text"].lower()
+    assert "We measured sperm quality" in negative["text"] and "mature sperm divisions" in negative["text"]
+    assert backend.asked == ["oocyte quality", "oocyte"]
+    assert result.counts["stats"]["requirements/leftover_fallback"] == 1
+    off = GroundedSettings(progress=False, fallback_spans=0, leftover_spans=0, verify=verify)
+    again = run_grounded([item], LeftoverBackend(), RequestStore(tmp_path / "k.jsonl"), off, None, vocabulary)
+    assert again.rows[0]["negatives"] == []
+
+
+def test_leftover_spans_are_query_named_words_and_a_plural_spans_singular() -> None:
+    from causalneg.generation.grounded.pipeline import _Evidence, _leftover_spans
+
+    passage = (
+        "Targeting A20 in Glioma. Glioblastomas are deadly cancers with glioblastoma stem cells (GSCs). "
+        "We measured oocyte quality."
+    )
+    evidence = _Evidence("p", passage, [], [])
+    query = "A20 is a target in glioblastomas and oocytes."
+    found = _leftover_spans(
+        query, evidence, ["Glioblastomas", "oocyte", "Glioma", "deadly cancers"], {"Glioblastomas"}
+    )
+    # the span itself is tried: its lower-case singular is what is left; "Glioma" and the phrase are not asked
+    assert [(s.text, s.kind, s.start) for s in found] == [
+        ("glioblastoma", "noun_phrase", passage.index("glioblastoma stem")),
+        ("oocyte", "noun_phrase", passage.index("oocyte")),
+    ]
+    assert _leftover_spans(query, evidence, ["oocyte"], {"Oocyte"}) == []  # tried under another case
