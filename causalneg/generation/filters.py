@@ -193,7 +193,6 @@ class FilterContext:
 class Verdict:
     reason: str | None = None  # None = kept
     detail: str = ""
-    left: tuple[str, ...] = ()  # mention_left (grounded edits): the mentions still in the text
 
     @property
     def kept(self) -> bool:

@@ -48,7 +48,6 @@ def grounded_settings(cfg: DictConfig) -> GroundedSettings:
     return GroundedSettings(
         min_kept=int(gen.get("min_kept", 2)),
         fallback_spans=int(gen.get("fallback_spans", 2)),
-        leftover_spans=int(gen.get("leftover_spans", 2)),
         max_spans=int(gen.max_spans),
         max_sentences=int(gen.max_sentences),
         min_overlap=float(gen.min_overlap),

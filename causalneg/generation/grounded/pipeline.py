@@ -16,9 +16,7 @@ system prompt and the passage across the query's calls):
    it (the issue's "remove the sentence that carries the answer"; provenance ``requirement_source: answer``).
    A query still short of ``min_kept`` kept negatives gets, once per span that gave a kept edit, a request for
    other substitutes, then substitutes for up to ``fallback_spans`` query-named spans that no critical
-   requirement anchored (``requirement_source: query_span``), then for up to ``leftover_spans`` query-named words
-   that a replacement rejected as ``mention_left`` left behind ("oocyte" after "oocyte quality" ->
-   "fertilization"; ``requirement_source: leftover``). A span whose LLM substitutes all fail gets up to
+   requirement anchored (``requirement_source: query_span``). A span whose LLM substitutes all fail gets up to
    ``corpus_substitutes`` siblings from the query's BM25 neighbours instead (:mod:`.siblings`; provenance
    ``substitute_source: corpus``), checked like the LLM's.
 4. **Verify** (:mod:`.verify`): cheap checks, then the encoder's false-negative guard, then the LLM judge.
@@ -33,7 +31,6 @@ similarities.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -65,7 +62,6 @@ from causalneg.generation.grounded.siblings import rank_siblings, sibling_candid
 from causalneg.generation.grounded.spans import (
     Span,
     content_tokens,
-    context_kind,
     extract_spans,
     query_side_spans,
     split_sentences,
@@ -100,9 +96,6 @@ class GroundedSettings:
     min_kept: int = 2  # the next judged positive is edited while fewer than this are kept
     fallback_spans: int = (
         2  # query-named spans no requirement anchored, tried while fewer than min_kept are kept
-    )
-    leftover_spans: int = (
-        2  # query-named words a rejected replacement left behind, tried as spans of their own
     )
     max_spans: int = 10  # query-side spans offered as evidence
     max_sentences: int = 8  # sentences shown (and offered) per passage
@@ -688,10 +681,8 @@ def _verify(
     edits: list[dict[str, Any]],
     positive_p_yes: float,
     already: Sequence[str] = (),
-    leftovers: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The edits that pass every check, at most ``num_negatives - len(already)`` (``already``: kept texts).
-    ``leftovers`` collects the mentions that ``mention_left`` rejections found still in their text."""
+    """The edits that pass every check, at most ``num_negatives - len(already)`` (``already``: kept texts)."""
     cfg = run.settings.verify
     passing: list[dict[str, Any]] = []
     for candidate in edits:
@@ -712,8 +703,6 @@ def _verify(
             run.reject(
                 item, "verify", verdict, text=edit.text, edit=_edit_record(edit), **_provenance(candidate)
             )
-            if leftovers is not None and verdict.reason == "mention_left":
-                leftovers.extend(verdict.left)
             continue
         passing.append(candidate)
     sims: list[float] = []
@@ -813,75 +802,33 @@ def _edit_positive(
     info["judge_p_yes_positive"] = round(positive_p_yes, 4)
     run.decompositions.append(info)
     edits = _candidate_edits(run, item, evidence, decomposition)
-    leftovers: list[str] = []
-    kept = _verify(run, item, evidence, edits, positive_p_yes, already, leftovers)
+    kept = _verify(run, item, evidence, edits, positive_p_yes, already)
     if kept and len(already) + len(kept) < run.settings.min_kept:
         more = _more_edits(run, item, evidence, edits, kept)
-        kept += _verify(
-            run, item, evidence, more, positive_p_yes, [*already, *(k["text"] for k in kept)], leftovers
-        )
+        kept += _verify(run, item, evidence, more, positive_p_yes, [*already, *(k["text"] for k in kept)])
     # spans already edited, or judged not critical by the decomposition (breaking them keeps the passage relevant)
     tried = {e["span"].text for e in edits if e.get("span") is not None}
     tried |= {r["evidence"] for r in requirements_of(decomposition) if not r["critical"]}
-    fallback = [s for s in evidence.spans if s.text not in tried][: run.settings.fallback_spans]
-    leftover = _leftover_spans(item.query, evidence, leftovers, tried | {s.text for s in fallback})
-    for span, source in [
-        *[(s, "query_span") for s in fallback],
-        *[(s, "leftover") for s in leftover[: run.settings.leftover_spans]],
-    ]:
+    for span in [s for s in evidence.spans if s.text not in tried][: run.settings.fallback_spans]:
         if len(already) + len(kept) >= run.settings.min_kept:
             break
-        extra = _fallback_edits(run, item, evidence, span, source)
+        extra = _fallback_edits(run, item, evidence, span)
         kept += _verify(run, item, evidence, extra, positive_p_yes, [*already, *(k["text"] for k in kept)])
     return kept
 
 
-def _leftover_spans(query: str, evidence: _Evidence, leftovers: list[str], tried: set[str]) -> list[Span]:
-    """The one-word mentions that rejected replacements left behind and the query names, as spans of their own.
-
-    A replaced phrase often leaves the query's term in the passage's other phrases ("oocyte quality" ->
-    "fertilization" keeps "oocyte" in "germline/oocyte"), and a capitalised plural its lower-case singular
-    ("Glioblastomas" keeps "glioblastoma stem cells"): replacing every mention of that word (plural included)
-    breaks what the query asks. Only the query-named words (content
-    tokens of the query) that the passage writes; the kind is spaCy's reading in context, else a term (a one-word
-    person is a surname, which the replacement of the full name handles).
-    """
-    asked = set(content_tokens(query))
-    seen = {t.lower() for t in tried}
-    spans: list[Span] = []
-    for word in dict.fromkeys(w.strip() for w in leftovers):
-        tokens = content_tokens(word)
-        if " " in word or len(tokens) != 1 or tokens[0] not in asked:
-            continue
-        if word.lower() in seen:  # the span itself ("Glioblastomas"): its lower-case singular may be what is left
-            word = tokens[0]
-            if word in seen or not re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", evidence.passage):
-                continue
-        at = evidence.passage.find(word)
-        if at < 0:
-            continue
-        seen.add(word.lower())
-        sentence = E.sentence_with(evidence.passage, word) or ""
-        kind = context_kind(sentence, word) if word[:1].isupper() else None
-        spans.append(Span(word, kind if kind and kind != "person" else "noun_phrase", at, 1.0))
-    return spans
-
-
-def _fallback_edits(
-    run: _Run, item: GroundedItem, evidence: _Evidence, span: Span, source: str = "query_span"
-) -> list[dict[str, Any]]:
-    """Replacement edits of a query-named span that no critical requirement anchored, or that a rejected
-    replacement left behind (``source``: query_span | leftover; a query short of ``min_kept``): the query names
-    it, so another entity or value in its place breaks what the query asks."""
+def _fallback_edits(run: _Run, item: GroundedItem, evidence: _Evidence, span: Span) -> list[dict[str, Any]]:
+    """Replacement edits of a query-named span that no critical requirement anchored (a query short of
+    ``min_kept``): the query names it, so another entity or value in its place breaks what the query asks."""
     numeric = span.kind in NUMERIC_KINDS or any(c.isdigit() for c in span.text)
     info = {
         "requirement": f"the query's {KIND_WORDS.get(span.kind, span.kind)} {span.text}"[:REQUIREMENT_CHARS],
         "requirement_index": -1,
-        "requirement_source": source,
+        "requirement_source": "query_span",
         "evidence": span.text,
         "strategy_type": "constraint_violation" if numeric else "entity_shift",
     }
-    run.stats[f"requirements/{source}_fallback"] += 1
+    run.stats["requirements/query_span_fallback"] += 1
     return _substitute_edits(run, item, evidence, span, info)
 
 

@@ -368,7 +368,7 @@ def check_edit(
             edit.text, span, whole, document_frequency, cfg.rare_df, query, cfg.query_df
         )
         if left:
-            return Verdict("mention_left", ", ".join(repr(m) for m in left), tuple(left))
+            return Verdict("mention_left", ", ".join(repr(m) for m in left))
     about_same_entity = not (edit.operation == "replace" and strategy == "entity_shift")
     if cfg.check_answers and answers and about_same_entity:
         answer = leaked_answer(edit.text, answers, query)
