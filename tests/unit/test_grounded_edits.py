@@ -220,6 +220,13 @@ def test_a_substitute_the_passage_already_names_would_merge_two_entities() -> No
         ("caspase-12", Span("caspase-11", "noun_phrase", 0), None),
         ("RNA", Span("Sall4", "noun_phrase", 0), "substitute_type"),  # a code for a code
         ("Prdm13", Span("Prdm14", "noun_phrase", 0), None),
+        ("second", Span("fourth", "ordinal", 0), None),  # numbers in words
+        ("Shell", Span("fourth", "ordinal", 0), "substitute_type"),
+        ("1980s", Span("the 1990s", "date", 0), None),  # a decade is a number
+        ("the war years", Span("the 1990s", "date", 0), "substitute_type"),
+        # spaCy's numeric labels on spans that write no number ask for none
+        ("gene expression", Span("transcription", "number", 0), None),
+        ("adolescence", Span("early years", "date", 0), None),
     ],
 )
 def test_check_substitute_type_shape_rules(substitute: str, span: Span, reason: str | None) -> None:

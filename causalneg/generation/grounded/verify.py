@@ -143,8 +143,21 @@ PLACEHOLDERS = frozenset(
     }
 )
 NUMERIC_KINDS = frozenset({"date", "time", "number", "quantity", "amount", "ordinal"})
-# A number on its own, a range ("2009-2014") included; not a digit inside a name ("IL-18", "H3K9me3/2").
-_STANDALONE_NUMBER = re.compile(r"(?<![\w/-])\d+(?:[.,–-]\d+)*(?![\w/-])")
+# A number on its own, a range ("2009-2014") or a decade ("1990s") included; not a digit inside a name ("IL-18",
+# "H3K9me3/2"); or a number written in words ("fourth", "thousands").
+_STANDALONE_NUMBER = re.compile(r"(?<![\w/-])\d+(?:[.,–-]\d+)*s?(?![\w/-])")
+_NUMBER_WORD = re.compile(
+    r"(?<![\w-])(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|"
+    r"sixty|seventy|eighty|ninety|hundreds?|thousands?|millions?|billions?|dozens?|first|second|third|fourth|"
+    r"fifth|sixth|seventh|eighth|ninth|tenth|half)(?![\w-])",
+    re.IGNORECASE,
+)
+
+
+def _writes_a_number(text: str) -> bool:
+    return bool(_STANDALONE_NUMBER.search(text) or _NUMBER_WORD.search(text))
+
+
 MAX_WORD_RATIO = 2  # a substitute may have at most max(3, 2 x the span's) words
 
 
@@ -206,8 +219,9 @@ def check_substitute_in_context(substitute: str, span: Span, passage: str) -> Ve
 def check_substitute_type(substitute: str, span: Span) -> Verdict:
     """Is ``substitute`` the same kind of thing as ``span``? Rejects (reason ``substitute_type``):
 
-    - no number for a number, a date or a span with a number of its own ("2009 film" -> "Geethanjali"; a
-      number inside a name, "IL-18", does not count);
+    - no number for a span that writes one, in digits or words ("2009 film" -> "Geethanjali", "fourth" ->
+      "Shell"; a number inside a name, "IL-18", does not count). spaCy's numeric kind alone does not ask for
+      one: it labels "early years" a date and "transcription" a number;
     - no code for a one-word code of letters and digits (a gene, a protein: "Sall4" -> "RNA", "Irg1" ->
       "brainstem"; "Prdm14" -> "Prdm13" is one);
     - more than ``max(3, 2 x)`` the span's words ("Alex Haley" -> "Uncle Tom's Cabin: The Story of a Slave");
@@ -218,9 +232,7 @@ def check_substitute_type(substitute: str, span: Span) -> Verdict:
     Other named kinds are not compared: the small NER model confuses organizations, events and works too often
     ("Women's Doubles" reads as an organization).
     """
-    if (span.kind in NUMERIC_KINDS or _STANDALONE_NUMBER.search(span.text)) and not _STANDALONE_NUMBER.search(
-        substitute
-    ):
+    if _writes_a_number(span.text) and not _writes_a_number(substitute):
         return Verdict("substitute_type", f"{substitute!r} for {span.text!r}: the number is gone")
     if _one_word_code(span.text) and not any(c.isdigit() for c in substitute):
         return Verdict(
