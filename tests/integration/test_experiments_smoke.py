@@ -186,10 +186,20 @@ def test_grounded_check_and_rules(shared_data_dir: Path, tmp_path: Path) -> None
     assert "## scifact" in text and "| kept negatives |" in text
     assert "No complete grounded artifact" not in text
     # the probe's AUC is nan by design below 5 queries (the smoke's naive rows): its other rows must be finite
-    probe = re.search(r"^\| grounded, all queries \| (\d+) \| \d+ \| \d+ \| ([^|]+) \|$", text, re.MULTILINE)
-    assert probe is not None and int(probe.group(1)) >= 5 and math.isfinite(float(probe.group(2))), text
+    # "| grounded, all queries | queries | generated | mined | mean ± sd | range | fold seed 0 |"
+    probe = re.search(
+        r"^\| grounded, all queries \| (\d+) \| \d+ \| \d+ \| ([^|±]+) ± ([^|]+) \| [^|]+ \| ([^|]+) \|$",
+        text,
+        re.MULTILINE,
+    )
+    assert probe is not None and int(probe.group(1)) >= 5, text
+    assert all(math.isfinite(float(probe.group(i))) for i in (2, 3, 4)), text
+    reference = re.search(
+        r"^\| reference: the unedited positives[^|]* \| \d+ \| \d+ \| \d+ \| ([^|±]+) ±", text, re.M
+    )
+    assert reference is not None and math.isfinite(float(reference.group(1))), text
     measures = "\n".join(
-        line for line in text.splitlines() if not line.startswith(("| grounded,", "| naive,"))
+        line for line in text.splitlines() if not line.startswith(("| grounded,", "| naive,", "| reference:"))
     )
     assert_finite(table_numbers(measures), "grounded_check")
     out = run_script("grounded_rules.py", "--home", str(tmp_path), home=tmp_path)
