@@ -48,7 +48,7 @@ OUT = REPO / "experiments" / "grounded"
 REPORT = REPO / "experiments" / "GROUNDED.md"
 DATASETS = {"hotpotqa": "hotpotqa", "scifact": "scifact"}
 GENERATOR = ["generation/backend=llamacpp", "generation/model=qwen_coder_1_5b"]
-PROBE_REPEATS = 10  # grouped fold assignments averaged per probe AUC (see probe)
+PROBE_REPEATS = 10  # grouped fold assignments averaged per probe AUC (see OriginProbe)
 ARTIFACT_FILES = ("rows.jsonl", "rejected.jsonl", "decompositions.jsonl", "manifest.json")
 LABELS = ("real hard negative", "still answers", "nonsense", "wrong answer")
 
@@ -210,75 +210,86 @@ def recheck(rows: list[dict[str, Any]], dataset: Any, query_text: dict[str, str]
     return problems
 
 
-def probe(
-    rows: list[dict[str, Any]],
-    dataset: Any,
-    cfg: Any,
-    num_mined: int,
-    query_ids: list[str],
-    repeats: int = PROBE_REPEATS,
-) -> dict[str, Any]:
+class OriginProbe:
     """Query-blind origin probe: kept generated vs BM25-mined negatives of the same queries (stock MiniLM).
 
-    The mined negatives are BM25's, after the configured margin filter, for exactly ``query_ids`` (mined here:
-    the mining artifact's own query selection need not contain them). The AUC is the mean over ``repeats``
-    grouped 5-fold assignments (fold seeds 0..repeats-1), with their sd and range: on 30-60 queries one
-    assignment moves the AUC by +-0.05 (SciFact, 29 queries: 0.61-0.73 over 20 assignments), more than the
-    differences the report compares.
+    Built once per data set: BM25 mines ``query_ids`` once (after the configured margin filter; mined here, as the
+    mining artifact's own query selection need not contain them), the encoder loads once and every text is
+    embedded once, however many probes (grounded, naive, reference) the report asks for. The AUC is the mean
+    over ``repeats`` grouped 5-fold assignments (fold seeds 0..repeats-1), with their sd and range: on 30-60
+    queries one assignment moves the AUC by +-0.05 (SciFact, 29 queries: 0.61-0.73 over 20 assignments), more
+    than the differences the report compares.
     """
-    import torch
 
-    from causalneg.data.mining.artifact import bm25_options, filter_config
-    from causalneg.data.mining.bm25 import mine_bm25
-    from causalneg.data.mining.filters import filter_candidates
-    from causalneg.diagnostics.probes import blind_probe_auc
-    from causalneg.stages.common import build_encoder
-    from causalneg.stages.specs import generation_spec, mining_spec
+    def __init__(self, dataset: Any, cfg: Any, num_mined: int, query_ids: list[str]) -> None:
+        from causalneg.data.mining.artifact import bm25_options, filter_config
+        from causalneg.data.mining.bm25 import mine_bm25
+        from causalneg.data.mining.filters import filter_candidates
+        from causalneg.stages.specs import generation_spec, mining_spec
 
-    split = generation_spec(cfg).split
-    mining = mining_spec(cfg, split).config
-    ranked = mine_bm25(dataset, split, query_ids, options=bm25_options(mining))
-    mined = {
-        r.query_id: [(c.id, c.score) for c in filter_candidates(r, filter_config(mining))[0]] for r in ranked
-    }
-    generated = {r["query_id"]: [n["text"] for n in r["negatives"]] for r in rows}
-    texts, labels, groups = [], [], []
-    for qid in query_ids:
-        if not generated.get(qid):
-            continue
-        examples = [(text, True) for text in generated[qid]]
-        examples += [(dataset.corpus[pid].full_text, False) for pid, _ in mined.get(qid, [])[:num_mined]]
-        for text, is_generated in examples:
-            texts.append(text)
-            labels.append(is_generated)
-            groups.append(qid)
-    if len(set(groups)) < 5:
-        return {
-            "auc": float("nan"),
-            "auc_sd": float("nan"),
-            "auc_range": "-",
-            "auc_seed0": float("nan"),
+        split = generation_spec(cfg).split
+        mining = mining_spec(cfg, split).config
+        ranked = mine_bm25(dataset, split, query_ids, options=bm25_options(mining))
+        self.mined = {
+            r.query_id: [c.id for c in filter_candidates(r, filter_config(mining))[0]][:num_mined]
+            for r in ranked
+        }
+        self.dataset, self.cfg = dataset, cfg
+        self._encoder: Any = None
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """[len(texts), d] document-side embeddings, each text encoded once per probe object."""
+        import torch
+
+        from causalneg.stages.common import build_encoder
+
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if missing and self._encoder is None:
+            self._encoder = build_encoder(self.cfg).eval()
+        with torch.inference_mode():
+            for start in range(0, len(missing), 32):
+                batch = missing[start : start + 32]
+                out = self._encoder.encode(**self._encoder.tokenize(batch, "doc"), side="doc").float().numpy()
+                self._vectors.update(zip(batch, out, strict=True))
+        return np.stack([self._vectors[t] for t in texts])
+
+    def __call__(
+        self, rows: list[dict[str, Any]], query_ids: list[str], repeats: int = PROBE_REPEATS
+    ) -> dict[str, Any]:
+        from causalneg.diagnostics.probes import blind_probe_auc
+
+        generated = {r["query_id"]: [n["text"] for n in r["negatives"]] for r in rows}
+        texts, labels, groups = [], [], []
+        for qid in query_ids:
+            if not generated.get(qid):
+                continue
+            examples = [(text, True) for text in generated[qid]]
+            examples += [(self.dataset.corpus[pid].full_text, False) for pid in self.mined.get(qid, [])]
+            for text, is_generated in examples:
+                texts.append(text)
+                labels.append(is_generated)
+                groups.append(qid)
+        counts = {
             "queries": len(set(groups)),
             "generated": int(sum(labels)),
             "mined": int(len(labels) - sum(labels)),
         }
-    encoder = build_encoder(cfg).eval()
-    vectors = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), 32):
-            batch = texts[start : start + 32]
-            vectors.append(encoder.encode(**encoder.tokenize(batch, "doc"), side="doc").float().numpy())
-    embeddings = np.concatenate(vectors)
-    aucs = np.array([blind_probe_auc(embeddings, np.asarray(labels), groups, seed=s) for s in range(repeats)])
-    return {
-        "auc": round(float(np.nanmean(aucs)), 4),
-        "auc_sd": round(float(np.nanstd(aucs)), 4),
-        "auc_range": f"{np.nanmin(aucs):.3f}-{np.nanmax(aucs):.3f}",
-        "auc_seed0": round(float(aucs[0]), 4),
-        "queries": len(set(groups)),
-        "generated": int(sum(labels)),
-        "mined": int(len(labels) - sum(labels)),
-    }
+        if len(set(groups)) < 5:
+            return {
+                "auc": float("nan"),
+                "auc_sd": float("nan"),
+                "auc_range": "-",
+                "auc_seed0": float("nan"),
+            } | counts
+        embeddings, z = self.embed(texts), np.asarray(labels)
+        aucs = np.array([blind_probe_auc(embeddings, z, groups, seed=s) for s in range(repeats)])
+        return {
+            "auc": round(float(np.nanmean(aucs)), 4),
+            "auc_sd": round(float(np.nanstd(aucs)), 4),
+            "auc_range": f"{np.nanmin(aucs):.3f}-{np.nanmax(aucs):.3f}",
+            "auc_seed0": round(float(aucs[0]), 4),
+        } | counts
 
 
 def seconds_per_query(journal: Path, query_ids: set[str]) -> float | None:
@@ -411,7 +422,12 @@ def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
     by_strategy = Counter(n["strategy_type"] for r in rows for n in r["negatives"])
     lines += [
         f"Scale: {len(rows)} training queries (seeded sample, `generation.limit={args.limit}`), "
-        f"Qwen2.5-Coder-1.5B-Instruct Q4_K_M on llama.cpp, {args.threads} thread(s) for this run's new requests.",
+        "Qwen2.5-Coder-1.5B-Instruct Q4_K_M on llama.cpp, "
+        + (
+            "no new requests (--skip-generate)."
+            if args.skip_generate
+            else f"{args.threads} thread(s) for new ones."
+        ),
         "",
         "| measure | value |",
         "|---|---|",
@@ -435,13 +451,14 @@ def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
         *[f"| {reason} | {count} |" for reason, count in sorted(counts["rejections"].items())],
         "",
     ]
-    grounded_probe = probe(rows, dataset, cfg, args.num_mined, naive_ids)
-    grounded_all = probe(rows, dataset, cfg, args.num_mined, query_ids)
-    reference = probe(unedited(rows, dataset), dataset, cfg, args.num_mined, query_ids)
+    probe = OriginProbe(dataset, cfg, args.num_mined, list(dict.fromkeys([*query_ids, *naive_ids])))
+    grounded_probe = probe(rows, naive_ids)
+    grounded_all = probe(rows, query_ids)
+    reference = probe(unedited(rows, dataset), query_ids)
     lines += [
         "Query-blind origin probe (stock all-MiniLM-L6-v2, logistic regression, 5 folds grouped by query; "
         f"{args.num_mined} BM25-mined negatives per query; 0.5 = not separable). The AUC is the mean over "
-        f"{PROBE_REPEATS} fold assignments (one assignment alone moves it by about its sd; `probe`):",
+        f"{PROBE_REPEATS} fold assignments (one assignment alone moves it by about its sd; `OriginProbe`):",
         "",
         "| negatives | queries | generated | mined | AUC (mean ± sd) | range | fold seed 0 |",
         "|---|---|---|---|---|---|---|",
@@ -451,7 +468,7 @@ def dataset_section(name: str, args: argparse.Namespace) -> list[str]:
     ]
     if naive_dir is not None:
         naive_rows = read_jsonl(naive_dir / "rows.jsonl")
-        naive_probe = probe(naive_rows, dataset, cfg, args.num_mined, naive_ids)
+        naive_probe = probe(naive_rows, naive_ids)
         naive_counts = json.loads((naive_dir / "manifest.json").read_text())["counts"]
         lines.append(probe_row("naive, the same queries", naive_probe))
         lines += [
