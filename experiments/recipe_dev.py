@@ -53,8 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CAUSALNEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 DATASETS = {"hotpotqa": "hotpotqa_distractor_subset", "scifact": "scifact", "nq": "nq_open_oracle"}
 
-# Each arm: the defaults plus these overrides (what it claims). Recipe choices only: mining stays at its
-# defaults, since a mining change would change the mined (and so the generated) artifacts' fingerprints.
+# Each arm: the defaults plus these overrides (what it claims). Recipe choices; only peer_rows changes mining
+# (its own mined artifact fingerprint; no generated artifact is read here).
 ARMS: dict[str, list[str]] = {
     "base": [],
     "hardest_first": ["data.mined_selection=hardest", "data.positive_selection=first"],
@@ -73,6 +73,11 @@ ARMS: dict[str, list[str]] = {
         "loss.grad_cache.chunk_size=64",
     ],
     "in_batch_guide": ["loss.in_batch_negatives=true", "loss.guide_margin=0.0"],
+    # The peer's rows (quality/README.md): sentence-transformers' miner looks at the top 40 + positives only and
+    # drops a query that keeps fewer candidates than it needs. drop_short is the second rule alone; peer_rows
+    # both (a mining change: its own mined artifact, which no generated artifact here depends on).
+    "drop_short": ["data.min_mined=${data.num_mined}"],
+    "peer_rows": ["mining.rank_max=42", "data.min_mined=${data.num_mined}"],
 }
 
 

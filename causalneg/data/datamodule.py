@@ -128,6 +128,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.dev_corpus_ids: list[str] = []
         self._dirs: dict[str, Path] = {}
         self.generated_counts: dict[str, int] = {}  # setup(): kept generated negatives of training queries
+        self.dropped_short = 0  # setup(): training queries left out by data.min_mined
 
     @property
     def artifact_dirs(self) -> dict[str, Path]:
@@ -175,6 +176,8 @@ class RetrievalDataModule(L.LightningDataModule):
                 f"'{s.train_split}' of '{ds.name}'"
             )
         self.train_pools, self.diagnostic_pools = self._hold_out(pools)
+        if s.spec.min_mined:  # after the hold-out: the held-out groups do not depend on the rule
+            self.train_pools = self._drop_short(self.train_pools)
         if s.spec.positives == "pairs":  # after the hold-out: the same queries are held out in every mode
             self.train_pools = expand_pairs(self.train_pools)
         if s.spec.num_generated:
@@ -188,6 +191,24 @@ class RetrievalDataModule(L.LightningDataModule):
             )
         if s.dev_split:
             self._setup_dev()
+
+    def _drop_short(self, pools: list[QueryPool]) -> list[QueryPool]:
+        """The pools that kept at least ``min_mined`` mined candidates (``data.min_mined``); how many were left
+        out is printed and kept in ``dropped_short``."""
+        need = self.settings.spec.min_mined
+        kept = [p for p in pools if len(p.mined) >= need]
+        self.dropped_short = len(pools) - len(kept)
+        print(
+            f"[causalneg] data.min_mined={need}: {self.dropped_short} of {len(pools)} training queries left out "
+            "(fewer mined candidates kept)",
+            flush=True,
+        )
+        if not kept:
+            raise ConfigError(
+                f"data.min_mined={need} leaves no training query: every one of the {len(pools)} kept fewer "
+                "mined candidates (lower it, or widen mining.rank_max)"
+            )
+        return kept
 
     def _load_mined(self, key: str) -> dict[str, list[tuple[str, float]]] | None:
         if key not in self._dirs or self.sources.load_mined is None:

@@ -36,6 +36,9 @@ class GroupSpec:
     positives: str = "one"
     max_positives: int = 4  # multi: positives per group, the selected one included (extra slots: this - 1)
     min_grade: int = 1  # a judged passage is a training positive from this qrels grade on
+    # A training query that kept fewer mined candidates than this is left out (0 = keep every query), as
+    # sentence-transformers' ``mine_hard_negatives`` drops a row with fewer than its ``num_negatives``.
+    min_mined: int = 0
 
     def __post_init__(self) -> None:
         if self.positives not in POSITIVE_MODES:
@@ -47,7 +50,7 @@ class GroupSpec:
         self._check_counts()
 
     def _check_counts(self) -> None:
-        if min(self.num_mined, self.num_generated, self.num_random) < 0:
+        if min(self.num_mined, self.num_generated, self.num_random, self.min_mined) < 0:
             raise ConfigError(f"negative counts must be >= 0, got {self}")
         if self.mined_selection not in ("random", "hardest"):
             raise ConfigError(f"data.mined_selection must be random or hardest, got {self.mined_selection!r}")

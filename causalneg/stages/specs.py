@@ -148,6 +148,7 @@ def data_settings(cfg: DictConfig, dataset: RetrievalDataset) -> DataSettings:
         positives=str(d.get("positives", "one")),
         max_positives=int(d.get("max_positives", 4)),
         min_grade=int(d.get("min_grade", 1)),
+        min_mined=int(d.get("min_mined", 0)),
     )
     train_split, dev_split = str(cfg.dataset.train_split), cfg.dataset.get("dev_split")
     dev = selection(cfg, dataset, str(dev_split)).query_ids if dev_split else ()

@@ -9,6 +9,7 @@ import pytest
 
 from causalneg.data.datamodule import ArtifactSources, DataSettings, RetrievalDataModule
 from causalneg.data.groups import GroupSpec, QueryPool, hold_out_diagnostic_pools
+from causalneg.errors import ConfigError
 from causalneg.records import Negative, NegativeSource, Passage, Query, RetrievalDataset, RetrievalSplit
 
 QUERIES = 40  # 40 // 5 = 8 held-out groups
@@ -88,3 +89,30 @@ def test_held_out_set_is_independent_of_which_pools_have_generated_text(seed: in
     assert ids(hold_out_diagnostic_pools(pools, 8, seed)[1]) == ids(
         hold_out_diagnostic_pools(with_text, 8, seed)[1]
     )
+
+
+def test_min_mined_leaves_out_short_queries_but_not_the_held_out_ones() -> None:
+    """data.min_mined drops a training query with fewer kept mined candidates (sentence-transformers' rows);
+    the held-out diagnostic groups stay those of the arm without the rule."""
+    mined = {f"q{i:02d}": [(f"d{(i + k + 1) % QUERIES}", 1.0) for k in range(i % 4)] for i in range(QUERIES)}
+
+    def module(min_mined: int) -> RetrievalDataModule:
+        sources = ArtifactSources(mined=lambda split: Path("unused"), load_mined=lambda _: mined)
+        settings = DataSettings(
+            spec=GroupSpec(num_mined=3, min_mined=min_mined),
+            train_query_ids=tuple(f"q{i:02d}" for i in range(QUERIES)),
+            selection_seed=3,
+        )
+        m = RetrievalDataModule(tiny_dataset(), lambda texts, side: {}, settings, sources)  # type: ignore[arg-type,return-value]
+        m.setup("fit")
+        return m
+
+    every, short = module(0), module(3)
+    assert ids(short.diagnostic_pools) == ids(every.diagnostic_pools)
+    assert ids(short.train_pools) == [p.query.id for p in every.train_pools if len(p.mined) >= 3]
+    assert short.dropped_short == len(every.train_pools) - len(short.train_pools) > 0
+    assert all(len(p.mined) == 3 for p in short.train_pools)
+    with pytest.raises(ConfigError, match="leaves no training query"):
+        module(4)
+    with pytest.raises(ConfigError):
+        GroupSpec(min_mined=-1)
