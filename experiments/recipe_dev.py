@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -74,10 +75,16 @@ ARMS: dict[str, list[str]] = {
     ],
     "in_batch_guide": ["loss.in_batch_negatives=true", "loss.guide_margin=0.0"],
     # The peer's rows (quality/README.md): sentence-transformers' miner looks at the top 40 + positives only and
-    # drops a query that keeps fewer candidates than it needs. drop_short is the second rule alone; peer_rows
-    # both (a mining change: its own mined artifact, which no generated artifact here depends on).
+    # drops a (query, positive) row that keeps fewer candidates than it needs after the margin against *that*
+    # positive. drop_short is the last rule alone (measured: it drops no HotpotQA query under BM25's top 100);
+    # peer_rows all three (a mining change: its own mined artifact for training; the dev split is mined as the
+    # other arms', see build).
     "drop_short": ["data.min_mined=${data.num_mined}"],
-    "peer_rows": ["mining.rank_max=42", "data.min_mined=${data.num_mined}"],
+    "peer_rows": [
+        "mining.rank_max=42",
+        "mining.positive_score=min",
+        "data.min_mined=${data.num_mined}",
+    ],
 }
 
 
@@ -111,13 +118,23 @@ def overrides(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> 
     ]
 
 
-def build(cfg: DictConfig) -> tuple[RetrieverSystem, RetrievalDataModule]:
-    """The train stage's DataModule and system for ``cfg`` (causalneg.stages.train.run, without the test split)."""
+def build(cfg: DictConfig, dev_cfg: DictConfig | None = None) -> tuple[RetrieverSystem, RetrievalDataModule]:
+    """The train stage's DataModule and system for ``cfg`` (causalneg.stages.train.run, without the test split).
+
+    ``dev_cfg`` (the shared budget without the arm's overrides) mines the dev split: the dev sub-corpus is built
+    from the dev queries' mined candidates, so an arm that changes mining (``peer_rows``) would otherwise be
+    scored on another sub-corpus than the others."""
     dataset, encoder = load_dataset(cfg), build_encoder(cfg)
     settings = data_settings(cfg, dataset)
-    datamodule = RetrievalDataModule(
-        dataset, encoder.tokenize, settings, artifact_sources(cfg, dataset, encoder)
-    )
+    sources = artifact_sources(cfg, dataset, encoder)
+    if dev_cfg is not None and sources.mined is not None:
+        train_mined, dev_mined = sources.mined, artifact_sources(dev_cfg, dataset, encoder).mined
+        assert dev_mined is not None
+        sources = dataclasses.replace(
+            sources,
+            mined=lambda split: train_mined(split) if split == settings.train_split else dev_mined(split),
+        )
+    datamodule = RetrievalDataModule(dataset, encoder.tokenize, settings, sources)
     return build_system(cfg, encoder, datamodule.dev_set if settings.dev_split else None), datamodule
 
 
@@ -153,9 +170,10 @@ def step_means(metrics_csv: Path) -> dict[str, float]:
 def run_one(dataset: str, arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="recipe-") as tmp:
         work = Path(tmp)
-        cfg = compose_cfg(overrides(dataset, seed, args, Path(args.artifacts_root)) + ARMS[arm])
+        shared = overrides(dataset, seed, args, Path(args.artifacts_root))
+        cfg = compose_cfg(shared + ARMS[arm])
         cfg.paths.output_dir = str(work)
-        system, datamodule = build(cfg)
+        system, datamodule = build(cfg, compose_cfg(shared))
         fit = trainer(cfg, work / "logs")
         started = time.perf_counter()
         system.train()  # the encoder loads in eval mode
