@@ -58,8 +58,9 @@ THROUGHPUT_KEYS = frozenset(
         "api_key", "api_key_env", "concurrency", "timeout_s", "connect_timeout_s", "max_retries",
         "backoff_base_s", "backoff_max_s",
         # llamacpp (LlamaCppBackend): n_ctx stays in (a longer prompt fails), and so does the grammar; parallel
-        # changes outputs numerically (batched matrix products, llguidance masks), as vllm's max_num_seqs does
-        "n_threads", "n_batch", "verbose", "parallel",
+        # changes outputs numerically (batched matrix products, llguidance masks), as vllm's max_num_seqs does;
+        # prefix_states only changes which earlier call's KV a prompt's prefix is read from
+        "n_threads", "n_batch", "verbose", "parallel", "prefix_states",
     }
 )  # fmt: skip
 

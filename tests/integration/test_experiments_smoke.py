@@ -28,6 +28,7 @@ SMOKE_TESTED = {
     "bench_generation.py",
     "bench_index_recall.py",
     "bench_loss.py",
+    "bench_prefix_states.py",
     "bench_quality.py",
     "bench_scale_costs.py",
     "bench_throughput.py",
@@ -176,6 +177,28 @@ def test_bench_generation(shared_data_dir: Path, tmp_path: Path) -> None:
     assert result["backend"] == "transformers" and result["requests"]["decompose"] == 2
     assert result["tokens"]["decompose"] > 0 and math.isfinite(result["seconds"]["decompose"])
     assert result["counts"]["per_stage"]["decompose"]["requests"] == 2
+
+
+@pytest.mark.shared_data
+def test_bench_prefix_states(shared_data_dir: Path, tmp_path: Path) -> None:
+    """SmolLM2's GGUF on llama.cpp, one grounded query, without and with saved prefix states."""
+    import importlib.util
+
+    from causalneg.generation.generator_models import MissingGeneratorPackage, resolve_gguf
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (make install builds it)")
+    try:
+        resolve_gguf("smollm2", tmp_path / "generators")
+    except MissingGeneratorPackage as exc:
+        pytest.skip(str(exc))
+    target = tmp_path / "prefix_states.json"
+    run_script("bench_prefix_states.py", "--json", str(target), home=tmp_path)
+    result = json.loads(target.read_text())
+    assert set(result) == {"0", "8"}
+    for arm in result.values():
+        assert arm["stages"]["all"]["requests"] > 0 and arm["stages"]["decompose"]["requests"] >= 1
+        assert_finite([row["seconds"] for row in arm["stages"].values()] + [arm["wall_s"]], "seconds")
 
 
 @pytest.mark.shared_data

@@ -381,3 +381,41 @@ def test_yaml_lists_every_option_with_its_default() -> None:
     params = inspect.signature(LlamaCppBackend.__init__).parameters
     defaults = {k: p.default for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert cfg == {**defaults, "llama_kwargs": {}}
+
+
+PASSAGE = (
+    "Passage: The Colosseum is an elliptical amphitheatre in the centre of the city of Rome, Italy, just east of "
+    "the Roman Forum. It is the largest ancient amphitheatre ever built, and is still the largest standing "
+    "amphitheatre in the world, despite its age. Construction began under the emperor Vespasian in AD 72 and "
+    "was completed in AD 80 under his successor and heir, Titus. Further modifications were made during the "
+    "reign of Domitian. The three emperors that were patrons of the work are known as the Flavian dynasty."
+)
+
+
+@requires_llama_cpp
+def test_prefix_states_restore_an_older_prefix_and_change_no_output(smollm2_gguf: GeneratorRef) -> None:
+    """Alternating prompt families (as the grounded pipeline does): with saved states, the third prompt starts
+    from the first one's passage instead of re-evaluating it, and every output equals the one without."""
+    greedy = SamplingConfig(max_new_tokens=24, temperature=0.0)
+    shared = [{"role": "system", "content": f"{SYSTEM}\n{PASSAGE}"}]
+    requests = [
+        GenerationRequest("a", [*shared, {"role": "user", "content": "Which city is it in?"}], 0),
+        _request("b", QUESTIONS[0], 1),  # another family in between: the context now holds other text
+        GenerationRequest("c", [*shared, {"role": "user", "content": "Which city was it built in?"}], 2),
+    ]
+    texts, probabilities, stats = {}, {}, {}
+    for capacity in (0, 8):
+        made = LlamaCppBackend(
+            smollm2_gguf.location, smollm2_gguf.model_id, n_threads=2, n_ctx=1024, prefix_states=capacity
+        )
+        try:
+            texts[capacity] = [made.generate([r], CityAnswer, greedy)[0].text for r in requests]
+            probabilities[capacity] = made.choice_probabilities(requests[::-1], ["yes", "no"])
+            stats[capacity] = made._prefix.stats
+        finally:
+            made.close()
+    assert texts[8] == texts[0] and all(texts[0])
+    for with_states, without in zip(probabilities[8], probabilities[0], strict=True):
+        assert with_states == pytest.approx(without, abs=1e-4)
+    assert stats[0].restores == 0 and stats[8].restores >= 2  # "c" after "b"; then "a" after "b"
+    assert stats[8].tokens_spared > 100  # the system prompt and the passage, each time
