@@ -59,8 +59,9 @@ THROUGHPUT_KEYS = frozenset(
         "backoff_base_s", "backoff_max_s",
         # llamacpp (LlamaCppBackend): n_ctx stays in (a longer prompt fails), and so does the grammar; parallel
         # changes outputs numerically (batched matrix products, llguidance masks), as vllm's max_num_seqs does;
-        # prefix_states only changes which earlier call's KV a prompt's prefix is read from
-        "n_threads", "n_batch", "verbose", "parallel", "prefix_states",
+        # prefix_states only changes which earlier call's KV a prompt's prefix is read from; masks (llguidance
+        # or llama.cpp's sampler) changes the allowed tokenisations of forced strings, as parallel's path does
+        "n_threads", "n_batch", "verbose", "parallel", "prefix_states", "masks",
     }
 )  # fmt: skip
 

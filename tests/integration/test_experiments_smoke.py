@@ -28,7 +28,7 @@ SMOKE_TESTED = {
     "bench_generation.py",
     "bench_index_recall.py",
     "bench_loss.py",
-    "bench_prefix_states.py",
+    "bench_llamacpp_options.py",
     "bench_quality.py",
     "bench_scale_costs.py",
     "bench_throughput.py",
@@ -180,8 +180,8 @@ def test_bench_generation(shared_data_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.shared_data
-def test_bench_prefix_states(shared_data_dir: Path, tmp_path: Path) -> None:
-    """SmolLM2's GGUF on llama.cpp, one grounded query, without and with saved prefix states."""
+def test_bench_llamacpp_options(shared_data_dir: Path, tmp_path: Path) -> None:
+    """SmolLM2's GGUF on llama.cpp, one grounded query: the backend as it was, and its defaults."""
     import importlib.util
 
     from causalneg.generation.generator_models import MissingGeneratorPackage, resolve_gguf
@@ -192,10 +192,10 @@ def test_bench_prefix_states(shared_data_dir: Path, tmp_path: Path) -> None:
         resolve_gguf("smollm2", tmp_path / "generators")
     except MissingGeneratorPackage as exc:
         pytest.skip(str(exc))
-    target = tmp_path / "prefix_states.json"
-    run_script("bench_prefix_states.py", "--json", str(target), home=tmp_path)
+    target = tmp_path / "llamacpp_options.json"
+    run_script("bench_llamacpp_options.py", "--json", str(target), home=tmp_path)
     result = json.loads(target.read_text())
-    assert set(result) == {"0", "8"}
+    assert set(result) == {"prefix_states=0,masks=llama_cpp", "defaults"}
     for arm in result.values():
         assert arm["stages"]["all"]["requests"] > 0 and arm["stages"]["decompose"]["requests"] >= 1
         assert_finite([row["seconds"] for row in arm["stages"].values()] + [arm["wall_s"]], "seconds")

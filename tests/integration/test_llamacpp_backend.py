@@ -66,14 +66,20 @@ def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> GeneratorRef:
         pytest.skip(str(exc))
 
 
-@pytest.fixture(scope="module", params=["llama_cpp", "outlines"])
+@pytest.fixture(
+    scope="module",
+    params=[("llama_cpp", "llguidance"), ("llama_cpp", "llama_cpp"), ("outlines", "llguidance")],
+    ids=["llama_cpp-llguidance_masks", "llama_cpp-llama_cpp_masks", "outlines"],
+)
 def backend(request: pytest.FixtureRequest, smollm2_gguf: GeneratorRef) -> Iterator[LlamaCppBackend]:
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")
+    grammar, masks = request.param
     made = LlamaCppBackend(
         smollm2_gguf.location,
         smollm2_gguf.model_id,
-        grammar=request.param,
+        grammar=grammar,
+        masks=masks,
         n_threads=2,
         n_ctx=1024,
         parallel=1,
@@ -419,3 +425,40 @@ def test_prefix_states_restore_an_older_prefix_and_change_no_output(smollm2_gguf
         assert with_states == pytest.approx(without, abs=1e-4)
     assert stats[0].restores == 0 and stats[8].restores >= 2  # "c" after "b"; then "a" after "b"
     assert stats[8].tokens_spared > 100  # the system prompt and the passage, each time
+
+
+@requires_llama_cpp
+def test_sequential_masks_come_from_llguidance_unless_asked_otherwise(backend: LlamaCppBackend) -> None:
+    from causalneg.generation.backends.llamacpp_batched import GuidanceConstraint
+
+    guidance = backend._sequential_guidance(CityAnswer)
+    if backend.grammar == "llama_cpp" and backend.masks == "llguidance":
+        assert isinstance(guidance, GuidanceConstraint)
+    else:
+        assert guidance is None
+
+
+@requires_llama_cpp
+def test_guidance_processor_masks_forbidden_tokens_and_reports_a_rejected_one(
+    backend: LlamaCppBackend,
+) -> None:
+    import numpy as np
+
+    from causalneg.generation.backends.llamacpp_batched import GuidanceLogitsProcessor
+
+    if backend._sequential_guidance(CityAnswer) is None:
+        pytest.skip("this backend's sequential path does not use llguidance masks")
+    guidance = backend._sequential_guidance(CityAnswer)
+    n_vocab = int(backend.llm.n_vocab())
+    prompt = np.array([1, 2, 3], dtype=np.intc)
+    processor = GuidanceLogitsProcessor(guidance.start(), len(prompt))
+    masked = processor(prompt, np.zeros(n_vocab, dtype=np.float32))
+    allowed = np.flatnonzero(np.isfinite(masked))
+    assert 0 < len(allowed) < n_vocab and processor.error is None
+    texts = {backend.llm.detokenize([int(t)]).decode("utf-8", "ignore") for t in allowed}
+    assert all(t.lstrip().startswith("{") or not t.strip() for t in texts), sorted(texts)[:10]
+    forbidden = int(np.flatnonzero(~np.isfinite(masked))[0])
+    logits = np.arange(n_vocab, dtype=np.float32)
+    after = processor(np.append(prompt, forbidden).astype(np.intc), logits)
+    assert processor.error is not None and "rejected" in processor.error
+    assert np.array_equal(after, logits)  # unmasked from then on: the caller fails the request

@@ -30,6 +30,17 @@ Qwen2.5-Coder-1.5B (151k entries), 6 HotpotQA queries of ``generation=grounded``
 (115 s), ``outlines`` 1.6 tok/s (344 s). So ``llama_cpp`` is the default (see
 ``conf/generation/backend/llamacpp.yaml``): it serves the 1.5B, the generator this backend is for.
 
+**Masks** (``masks``; ``grammar=llama_cpp``, one request at a time). llama.cpp's grammar sampler checks every
+vocabulary entry at every token: on Qwen's 151k entries that cost more than the model's own decoding step
+took on 2 cores. With ``masks=llguidance`` (the default) the same GBNF grammar is compiled by llguidance, as
+the batched path does, and a logits processor (:class:`~.llamacpp_batched.GuidanceLogitsProcessor`, about
+0.7 ms a token) sets the forbidden tokens to ``-inf`` before llama.cpp's chain samples; the language is the
+same, but where the grammar forces a string (a key) only its canonical tokens are allowed. Where llguidance
+is missing or cannot compile the grammar, llama.cpp's sampler masks, as with ``masks=llama_cpp``. Measured,
+``python experiments/bench_llamacpp_options.py --dataset hotpotqa --queries 2 --threads 2 --arm
+masks=llama_cpp --arm ""`` (Qwen2.5-Coder-1.5B, 2 AVX2 cores, prefix states on in both): LLM time 305 s
+against 276 s (0.91; decompose requests, the longest outputs, 0.86), 41 of 44 requests with the same output.
+
 **Sampling.** Temperature and top-p from :class:`SamplingConfig`; llama.cpp's other samplers are neutral
 (``top_k=0``, ``min_p=0``, ``repeat_penalty=1``) so the distribution is the one the other backends sample:
 grammar mask, top-p over the masked distribution, temperature, a draw. Each request passes its own seed
@@ -61,10 +72,11 @@ reading the judge's logits through the same ``generate`` path. Measured (SmolLM2
 took 27.7 s cold and 0.5 s when only the last user turn changed. Beyond the previous call, the sequence
 states of the last ``prefix_states`` calls are kept in RAM and a prompt restarts from the one sharing its
 longest prefix (:mod:`.llamacpp_prefix_states`): the grounded pipeline alternates prompt families, so each
-substitute prompt used to re-evaluate its passage. Measured, ``python experiments/bench_prefix_states.py
---dataset hotpotqa --queries 2 --threads 2`` (Qwen2.5-Coder-1.5B, 2 AVX2 cores, arms run one after the
-other): LLM time 456 s at ``prefix_states=0`` against 307 s at 8 (0.67; substitute requests 0.63), wall
-512 s against 356 s.
+substitute prompt used to re-evaluate its passage. Measured, ``python experiments/bench_llamacpp_options.py
+--dataset hotpotqa --queries 2 --threads 2 --arm prefix_states=0,masks=llama_cpp --arm masks=llama_cpp``
+(Qwen2.5-Coder-1.5B, 2 AVX2 cores, arms run one after the other; measured before ``masks`` existed, as
+``prefix_states`` 0 against 8): LLM time 456 s against 307 s (0.67; substitute requests 0.63), wall 512 s
+against 356 s.
 
 **Failures.** A request that llama.cpp rejects (a prompt longer than ``n_ctx``) gets ``RawOutput.error``; it
 never fails the batch. ``finish_reason`` is ``stop`` (end-of-generation token) or ``length`` (cut at
@@ -89,6 +101,7 @@ from causalneg.generation.backends.llamacpp_prefix_states import PrefixStates
 from causalneg.generation.schemas import json_schema, schema_hash
 
 GRAMMARS = ("llama_cpp", "outlines")
+MASKS = ("llguidance", "llama_cpp")
 OUTLINES_BACKENDS = ("llguidance", "outlines_core")
 INSTALL_HINT = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" pip install llama-cpp-python'
@@ -161,6 +174,7 @@ class LlamaCppBackend:
         *,
         grammar: str = "llama_cpp",
         outlines_backend: str = "llguidance",
+        masks: str = "llguidance",
         n_threads: int | None = None,
         n_ctx: int = 4096,
         n_batch: int = 512,
@@ -176,6 +190,8 @@ class LlamaCppBackend:
             raise ConfigError(
                 f"generation.backend.outlines_backend={outlines_backend!r}; choose one of {OUTLINES_BACKENDS}"
             )
+        if masks not in MASKS:
+            raise ConfigError(f"generation.backend.masks={masks!r}; choose one of {MASKS}")
         if int(parallel) < 1:
             raise ConfigError(f"generation.backend.parallel={parallel!r}; must be at least 1")
         if not str(model_path).endswith(".gguf") or not os.path.isfile(model_path):
@@ -185,7 +201,7 @@ class LlamaCppBackend:
 
         self.model_path = str(model_path)
         self.model_id = model_id or self.model_path
-        self.grammar, self.outlines_backend = grammar, outlines_backend
+        self.grammar, self.outlines_backend, self.masks = grammar, outlines_backend, masks
         self.parallel, self.n_batch = int(parallel), n_batch
         self._decoder: Any = None  # BatchedDecoder, built on the first batched call
         self._prefix = PrefixStates(int(prefix_states))  # sequential path: KV states of earlier calls
@@ -285,7 +301,20 @@ class LlamaCppBackend:
             batched = self._batched_constraint(schema)
             if batched is not None:
                 return self._generate_batched(requests, batched, sampling)
-        return self._generate_sequential(requests, constraint, sampling)
+        return self._generate_sequential(requests, constraint, sampling, self._sequential_guidance(schema))
+
+    def _sequential_guidance(self, schema: type[BaseModel]) -> Any:
+        """The llguidance constraint that masks the sequential path's ``grammar=llama_cpp`` requests, or None.
+
+        None with ``masks=llama_cpp``, with ``grammar=outlines`` (its own processor), or where llguidance is
+        missing or cannot compile the grammar (llama.cpp's grammar sampler then masks, as before).
+        """
+        from causalneg.generation.backends.llamacpp_batched import GuidanceConstraint
+
+        if self.grammar != "llama_cpp" or self.masks != "llguidance":
+            return None
+        made = self._batched_constraint(schema)
+        return made if isinstance(made, GuidanceConstraint) else None
 
     def _batched_constraint(self, schema: type[BaseModel]) -> Any:
         """The batched path's per-sequence constraint factory for ``schema`` (built once), or None.
@@ -330,23 +359,35 @@ class LlamaCppBackend:
         return made
 
     def _generate_sequential(
-        self, requests: Sequence[GenerationRequest], constraint: dict[str, Any], sampling: SamplingConfig
+        self,
+        requests: Sequence[GenerationRequest],
+        constraint: dict[str, Any],
+        sampling: SamplingConfig,
+        guidance: Any = None,
     ) -> list[RawOutput]:
         from llama_cpp import LogitsProcessorList
+
+        from causalneg.generation.backends.llamacpp_batched import GuidanceLogitsProcessor
 
         outputs: list[RawOutput] = []
         for request in requests:
             try:
                 kwargs = self._sampling_kwargs(sampling, request.seed)
-                if "grammar" in constraint:
+                prompt = self.prompt_tokens(request.messages)
+                processor = None
+                if guidance is not None:
+                    processor = GuidanceLogitsProcessor(guidance.start(), len(prompt))
+                    kwargs["logits_processor"] = LogitsProcessorList([processor])
+                elif "grammar" in constraint:
                     kwargs["grammar"] = constraint["grammar"]
                 else:
                     constraint["processor"].reset()  # a fresh matcher per request
                     kwargs["logits_processor"] = LogitsProcessorList([constraint["processor"]])
-                prompt = self.prompt_tokens(request.messages)
                 self._prefix.restore(self.llm, prompt)
                 completion = self.llm.create_completion(prompt, **kwargs)
                 self._prefix.save(self.llm)
+                if processor is not None and processor.error is not None:
+                    raise CausalNegError(processor.error)
             except Exception as exc:  # one request's failure (e.g. prompt longer than n_ctx)
                 outputs.append(RawOutput(request.key, "", 0, error=describe(exc)))
                 continue

@@ -161,6 +161,39 @@ class GuidanceState:
         pass
 
 
+class GuidanceLogitsProcessor:
+    """A llama-cpp-python logits processor that applies one sequence's llguidance mask (sequential path).
+
+    Called before each sampling step with every token the context holds (``input_ids``: prompt, then the
+    output so far) and the next-token logits in id order (``(n_vocab,)``): it feeds the matcher the output
+    tokens it has not seen, then returns the logits with every token the grammar forbids at ``-inf``.
+    llama.cpp's sampler chain then runs as with its own grammar sampler (top-p over the masked distribution,
+    temperature, seeded draw). ``prompt_length``: tokens before the output.
+
+    llama-cpp-python calls it from a ctypes callback, where an exception would be printed and lost: a failure
+    is kept in ``error`` instead (the caller turns it into the request's error) and the logits pass unmasked.
+    """
+
+    def __init__(self, state: GuidanceState, prompt_length: int) -> None:
+        self.state, self.prompt_length, self.fed = state, int(prompt_length), 0
+        self.error: str | None = None
+
+    def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        if self.error is not None:
+            return logits
+        for token in input_ids[self.prompt_length + self.fed :]:
+            if not self.state.accept(int(token)):
+                self.error = f"llguidance rejected the sampled token {int(token)}"
+                return logits
+            self.fed += 1
+        allowed = self.state.valid(logits)
+        if not allowed.any():
+            self.error = "llguidance allows no next token"
+            return logits
+        masked: np.ndarray = np.where(allowed, logits, -np.inf).astype(np.float32, copy=False)
+        return masked
+
+
 class LlamaGrammarConstraint:
     """The fallback constraint: llama.cpp grammar samplers (when llguidance is missing or cannot compile)."""
 
